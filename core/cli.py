@@ -1,0 +1,288 @@
+"""`touchstream`: one verb per job. The only module, with stack.py, that wires stages.
+
+Settings come from TOUCHSTREAM_* variables; each verb's --help lists the ones it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from touchstream.settings import Settings, SettingsError, env_variables, load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="touchstream",
+    help="Customer-journey analytics: Kafka in, CX KPIs per touchpoint, ClickHouse out.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_show_locals=False,  # locals can hold secrets
+)
+
+
+def _env_help(*sections: str) -> str:
+    """An epilog listing the variables of these settings sections (and the root ones)."""
+    rows = []
+    for name, default, description in env_variables():
+        section = name.removeprefix("TOUCHSTREAM_").split("__")[0].lower()
+        if "__" not in name or section in sections:
+            shown = f" (default: {default})" if default else ""
+            rows.append(f"  {name}{shown}" + (f" - {description}" if description else ""))
+    return "Environment variables:\n\n" + "\n\n".join(rows)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]configuration error[/]: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Any) -> None:
+    """Run a coroutine; Ctrl-C / SIGTERM cancel it so its finally blocks stop things cleanly."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None  # noqa: S101
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await coro
+
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(main())
+
+
+STACK_SECTIONS = ("kafka", "topics", "clickhouse", "streams", "sink", "metrics")
+
+
+@app.command(epilog=_env_help(*STACK_SECTIONS))
+def up() -> None:
+    """Run the stack in the foreground: broker (unless configured), stream worker,
+    ClickHouse sink, /metrics. Ctrl-C stops everything; the data dir is kept."""
+    from touchstream.stack import Stack, StackError
+
+    settings = _settings()
+    _logging(settings)
+
+    async def serve() -> None:
+        stack = Stack(settings)
+        try:
+            await stack.start()
+            console.print(
+                f"[green]up[/]: broker {stack.settings.kafka.bootstrap_servers}, ClickHouse "
+                f"{stack.settings.clickhouse_dsn}, metrics "
+                f"http://{settings.metrics.host}:{stack.metrics_port}/metrics — Ctrl-C stops"
+            )
+            await stack.watch(asyncio.Event())
+        finally:
+            await stack.stop()
+            console.print("stopped; data kept in", str(settings.data_dir))
+
+    try:
+        _run(serve())
+    except StackError as exc:
+        err.print(f"[red]stack failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command(epilog=_env_help(*STACK_SECTIONS))
+def demo(
+    customers: Annotated[int, typer.Option(help="simulated customers")] = 400,
+    hours: Annotated[float, typer.Option(help="event time simulated, ending now")] = 6.0,
+    seed: Annotated[int | None, typer.Option(help="simulator seed (default: new each run)")] = None,
+) -> None:
+    """Start the local stack, send simulated storefront traffic, wait until it is all in
+    ClickHouse, print the KPIs per touchpoint, stop. Finishes by itself."""
+    import time
+
+    from touchstream.demo import demo_config, run_demo
+    from touchstream.producers.emitter import EmitError
+    from touchstream.stack import StackError
+
+    settings = _settings()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    config = demo_config(customers, hours, seed if seed is not None else int(time.time()))
+    try:
+        _run(run_demo(settings, config, console))
+    except (StackError, EmitError) as exc:
+        err.print(f"[red]demo failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command(epilog=_env_help("kafka", "topics", "streams", "metrics"))
+def worker() -> None:
+    """Run one stream worker (Faust) against the configured broker, until SIGTERM."""
+    from touchstream.streams.worker import run_worker
+
+    settings = _settings()
+    if settings.local_broker:
+        err.print(
+            "[red]TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS is not set[/] (or use `touchstream up`)"
+        )
+        raise typer.Exit(2)
+    run_worker(settings)
+
+
+@app.command(epilog=_env_help("kafka", "topics", "clickhouse", "sink", "metrics"))
+def sink() -> None:
+    """Run the ClickHouse sink alone against the configured broker, until SIGTERM."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from touchstream.sinks import metrics as sink_metrics
+    from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
+    from touchstream.sinks.client import connect
+    from touchstream.sinks.runner import SinkRunner
+
+    settings = _settings()
+    _logging(settings)
+    if settings.local_broker:
+        err.print(
+            "[red]TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS is not set[/] (or use `touchstream up`)"
+        )
+        raise typer.Exit(2)
+    registry = CollectorRegistry()
+    if settings.metrics.enabled:
+        start_http_server(settings.metrics.port, settings.metrics.host, registry)
+    metrics = sink_metrics.create(registry, settings.metrics.namespace)
+    topics = {role: settings.topic(role) for role in ("events", "kpis", "dead_letters")}
+    runner = SinkRunner(
+        settings,
+        ClickHouseSink(
+            lambda: connect(settings),
+            settings.clickhouse.database,
+            default_routes(topics),
+            metrics,
+        ),
+        list(topics.values()),
+        metrics,
+    )
+    _run(runner.run())
+
+
+@app.command(epilog=_env_help("clickhouse"))
+def migrate() -> None:
+    """Create or upgrade the ClickHouse schema (idempotent)."""
+    from touchstream.sinks.client import connect
+    from touchstream.sinks.migrate import migrate as run_migrations
+
+    settings = _settings()
+    _refuse_if_engine_owned(settings)
+    client = connect(settings)
+    try:
+        ran = run_migrations(client, settings.clickhouse.database)
+    finally:
+        client.close()
+    if ran:
+        for migration in ran:
+            console.print(f"applied {migration.version:04d} {migration.name}")
+    else:
+        console.print("schema is up to date")
+
+
+def _refuse_if_engine_owned(settings: Settings) -> None:
+    from touchstream.stack import RuntimeInfo
+
+    info = RuntimeInfo.read(settings)
+    if settings.embedded_clickhouse and info is not None:
+        err.print(
+            f"[red]the embedded ClickHouse in {settings.data_dir} is owned by a running stack "
+            f"(pid {info.pid})[/]: stop it first (Ctrl-C in its terminal)."
+        )
+        raise typer.Exit(1)
+
+
+def _rows_out(columns: list[str], rows: list[Any], fmt: str) -> Iterator[str]:
+    if fmt == "json":
+        for row in rows:
+            yield json.dumps(dict(zip(columns, row, strict=True)), default=str)
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        table = Table()
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+
+
+@app.command(epilog=_env_help("clickhouse"))
+def query(
+    sql: Annotated[str, typer.Argument(help="a SELECT (read-only)")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Run a read-only query against ClickHouse and print the result."""
+    from touchstream.sinks.client import connect
+
+    if fmt not in ("table", "csv", "json"):
+        err.print("--format must be table, csv or json")
+        raise typer.Exit(2)
+    settings = _settings()
+    _refuse_if_engine_owned(settings)
+    client = connect(settings)
+    try:
+        result = client.query(sql, settings={"readonly": 1})
+        for line in _rows_out(list(result.column_names), result.result_rows, fmt):
+            print(line)
+    except Exception as exc:  # the server's message is the useful part
+        err.print(f"[red]query failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+
+
+@app.command(epilog=_env_help(*STACK_SECTIONS))
+def doctor() -> None:
+    """Check the broker, topics and ClickHouse; say what is wrong and how to fix it."""
+    from touchstream.doctor import run_checks
+
+    settings = _settings()
+    ok = asyncio.run(run_checks(settings, console))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (secrets masked) and every TOUCHSTREAM_ variable."""
+    settings = _settings()
+    console.print_json(json.dumps(settings.safe_dump(), default=str))
+    table = Table(title="environment variables")
+    for column in ("variable", "default", "meaning"):
+        table.add_column(column)
+    for row in env_variables():
+        table.add_row(*row)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""The one settings root: every knob of every process, from TOUCHSTREAM_* variables.
+
+Defaults are the embedded stack (a local broker started by Touchstream and chDB in
+the data directory). Pointing ``TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS`` at a cluster
+and ``TOUCHSTREAM_CLICKHOUSE__DSN`` at a server (``http(s)://...``) switches to them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TOUCHSTREAM_"
+NESTED_DELIMITER = "__"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+
+
+def _section() -> ConfigDict:
+    return ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection, security and producer behaviour."""
+
+    model_config = _section()
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port[,host:port]; empty starts the local broker (Tansu)",
+    )
+    topic_prefix: str = Field(default="", description="prepended to every topic name")
+    partitions: int = Field(default=4, ge=1, le=1024, description="partitions of created topics")
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    acks: Literal["all", "1", "0"] = Field(default="all", description="producer acks")
+    enable_idempotence: bool = Field(
+        default=True, description="idempotent producer where the client supports it"
+    )
+    compression_type: Literal["none", "gzip", "lz4"] = "lz4"
+    linger_ms: int = Field(default=5, ge=0, le=60_000)
+    batch_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    max_block_ms: int = Field(
+        default=10_000, ge=0, description="how long emit may block on a full buffer / no broker"
+    )
+    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    local_port: int = Field(default=0, ge=0, le=65535, description="local broker port, 0 = free")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if not _TOPIC_PREFIX.match(value):
+            raise ValueError("topic_prefix may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    f"security_protocol={self.security_protocol} needs sasl_mechanism, "
+                    "sasl_username and sasl_password"
+                )
+        if self.enable_idempotence and self.acks != "all":
+            raise ValueError("enable_idempotence needs acks=all (set enable_idempotence=false)")
+        return self
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        ctx.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile:
+            ctx.load_cert_chain(
+                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+            )
+        return ctx
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """Connection security in the keyword names that aiokafka and kafka-python share."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_password is not None  # noqa: S101 - checked by _sasl_complete
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return kwargs
+
+
+class Topics(BaseModel):
+    """Topic names of the contract (PRODUCT.md), before the prefix."""
+
+    model_config = _section()
+
+    clickstream: str = "storefront.clickstream.v1"
+    orders: str = "storefront.orders.v1"
+    feedback: str = "cx.feedback.v1"
+    dead_letters: str = "touchstream.dlq.v1"
+    kpis: str = "touchstream.kpis.v1"
+    alerts: str = "cx.alerts.v1"
+    # Internal topics (not part of the user contract, documented in the README).
+    events: str = "touchstream.events.v1"
+    kpi_contributions: str = "touchstream.kpi-contributions.v1"
+
+
+class ClickHouseSettings(BaseModel):
+    """Where journeys land: the embedded engine or a server."""
+
+    model_config = _section()
+
+    dsn: str = Field(
+        default="",
+        description="chdb:///abs/dir (embedded) or http(s)://host:port; empty = "
+        "chdb:///<data_dir>/clickhouse",
+    )
+    database: str = "touchstream"
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    ca_cert: Path | None = None
+    verify_tls: bool = True
+    bi_user: str = "touchstream_bi"
+    bi_password: SecretStr = SecretStr("")
+    http_host: str = Field(default="127.0.0.1", description="HTTP interface of the embedded engine")
+    http_port: int = Field(default=8123, ge=0, le=65535)
+
+    @field_validator("database", "bi_user")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("dsn must start with chdb://, http:// or https://")
+        if value.startswith("chdb://") and not value.startswith("chdb:///"):
+            raise ValueError("an embedded dsn needs an absolute path: chdb:///abs/dir")
+        return value
+
+
+class StreamsSettings(BaseModel):
+    """The stream worker (Faust application) and KPI semantics."""
+
+    model_config = _section()
+
+    app_id: str = Field(default="touchstream", description="Faust app id = consumer group")
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_interval_s: float = Field(default=0.2, gt=0, le=10)
+    max_event_bytes: int = Field(default=64 * 1024, ge=512)
+    window_size_s: int = Field(default=3600, ge=60)
+    window_step_s: int = Field(default=300, ge=60, le=43_200)
+    daily_window: bool = True
+    allowed_lateness_s: int = Field(default=600, ge=0)
+    abandonment_timeout_s: int = Field(default=1800, ge=60)
+    churn_horizon_days: int = Field(default=90, ge=1)
+    alert_sla_s: int = Field(default=86_400, ge=60)
+    kpi_emit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
+    one_record_batches: bool | None = Field(
+        default=None,
+        description="producer_max_batch_size=1 (Tansu highwater workaround); "
+        "empty = on for the local broker only",
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> StreamsSettings:
+        if self.window_size_s % self.window_step_s:
+            raise ValueError("window_size_s must be a multiple of window_step_s")
+        return self
+
+
+class SinkSettings(BaseModel):
+    """The ClickHouse sink: batching, retries, backpressure."""
+
+    model_config = _section()
+
+    group_id: str = "touchstream-sink"
+    batch_rows: int = Field(default=50_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus /metrics endpoints of each process."""
+
+    model_config = _section()
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535, description="up / sink; 0 = free port")
+    worker_port: int = Field(default=9465, ge=0, le=65535, description="stream worker")
+    namespace: str = "touchstream"
+
+
+class Settings(BaseSettings):
+    """Root settings. Build with :func:`load_settings`; frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default=Path(".touchstream"), description="embedded ClickHouse, logs, local keys"
+    )
+    pii_key: SecretStr | None = Field(
+        default=None, description="HMAC key for pseudonymising email/phone/IP"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    topics: Topics = Topics()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    streams: StreamsSettings = StreamsSettings()
+    sink: SinkSettings = SinkSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse.dsn or f"chdb://{self.data_dir / 'clickhouse'}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb://")
+
+    @property
+    def local_broker(self) -> bool:
+        return not self.kafka.bootstrap_servers
+
+    def topic(self, name: str) -> str:
+        """Full name (with prefix) of a topic by its field in :class:`Topics`."""
+        return self.kafka.topic(getattr(self.topics, name))
+
+    def with_bootstrap(self, bootstrap_servers: str) -> Settings:
+        """A copy pointed at a running broker (used once the local broker is up)."""
+        kafka = self.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers})
+        return self.model_copy(update={"kafka": kafka})
+
+    def safe_dump(self) -> dict[str, Any]:
+        """Everything, as JSON-ready values, with secrets masked."""
+        return self.model_dump(mode="json")
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as TOUCHSTREAM_* variables, secrets included, for child processes."""
+        out: dict[str, str] = {}
+        for key, value in _flatten(self.model_dump(mode="python")):
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[ENV_PREFIX + key.upper()] = str(value)
+        return out
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}{NESTED_DELIMITER}")
+        else:
+            yield f"{prefix}{key}", value
+
+
+class SettingsError(ValueError):
+    """The environment does not describe valid settings; the message says what to fix."""
+
+
+def env_variables() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for --help and the README."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}{NESTED_DELIMITER}")
+                continue
+            default = field.default
+            shown = "" if default is None else str(default)
+            if isinstance(default, SecretStr):
+                shown = "(secret)" if default.get_secret_value() else ""
+            rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+
+    walk(Settings, ENV_PREFIX)
+    return rows
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment).
+
+    Unknown TOUCHSTREAM_* variables are an error, not silently ignored: a typo in a
+    variable name would otherwise leave a production setting at its local default.
+    ``overrides`` are nested field values (``kafka={"bootstrap_servers": ...}``) that
+    win over the environment.
+    """
+    env = os.environ if environ is None else environ
+    known = {name for name, _, _ in env_variables()}
+    nested: dict[str, Any] = {}
+    unknown = []
+    for key, value in env.items():
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if upper not in known:
+            unknown.append(key)
+            continue
+        *sections, leaf = upper[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    if unknown:
+        raise SettingsError(
+            "unknown setting(s): " + ", ".join(sorted(unknown)) + " (see `touchstream config`)"
+        )
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(nested.get(key), dict):
+            nested[key] = {**nested[key], **value}
+        else:
+            nested[key] = value
+    try:
+        # model_validate reads no environment itself: `env` above is the only source.
+        return Settings.model_validate(nested)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise SettingsError(_readable(exc)) from exc
+
+
+def _readable(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for error in errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper() if loc else "settings"
+        lines.append(f"{variable}: {error.get('msg', 'invalid')}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

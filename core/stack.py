@@ -1,0 +1,202 @@
+"""The local stack: broker (unless one is configured), stream worker process, the
+ClickHouse sink and /metrics in this process. Used by `up`, `demo` and tests.
+
+This is the only place, with the CLI, that wires the stages together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from touchstream.kafka_admin import ensure_topics
+from touchstream.localbroker import LocalBroker, die_with_parent
+from touchstream.settings import Settings
+from touchstream.sinks import metrics as sink_metrics
+from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
+from touchstream.sinks.client import connect
+from touchstream.sinks.migrate import migrate
+from touchstream.sinks.runner import SinkRunner
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A part of the stack failed; the message names it and points at its log."""
+
+
+@dataclass
+class RuntimeInfo:
+    """What a running stack publishes in <data_dir>/run/stack.json for other commands."""
+
+    pid: int
+    bootstrap_servers: str
+    metrics_port: int
+    worker_metrics_port: int
+    embedded_clickhouse: bool
+
+    @staticmethod
+    def path(settings: Settings) -> Path:
+        return settings.data_dir / "run" / "stack.json"
+
+    @classmethod
+    def read(cls, settings: Settings) -> RuntimeInfo | None:
+        """The running stack of this data dir, or None (a stale file is ignored)."""
+        try:
+            info = cls(**json.loads(cls.path(settings).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return info
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    broker: LocalBroker | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    sink_runner: SinkRunner | None = None
+    sink_task: asyncio.Task[None] | None = None
+    metrics_port: int = 0
+
+    @property
+    def logs(self) -> Path:
+        return self.settings.data_dir / "logs"
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.settings.local_broker:
+            self.broker = LocalBroker(
+                port=self.settings.kafka.local_port, log_path=self.logs / "broker.log"
+            )
+            bootstrap = await asyncio.to_thread(self.broker.start)
+            self.settings = self.settings.with_bootstrap(bootstrap)
+        await ensure_topics(self.settings)
+        client = await asyncio.to_thread(connect, self.settings)
+        try:
+            await asyncio.to_thread(migrate, client, self.settings.clickhouse.database)
+        finally:
+            # On the embedded engine the sink reuses this engine (one path per process).
+            if not self.settings.embedded_clickhouse:
+                client.close()
+        self._start_metrics()
+        self._start_worker()
+        self._start_sink()
+        self._publish()
+
+    def _start_metrics(self) -> None:
+        metrics = self.settings.metrics
+        if not metrics.enabled:
+            return
+        server, _ = start_http_server(metrics.port, metrics.host, self.registry)
+        self.metrics_port = int(server.server_port)
+        self._metrics_server = server
+
+    def _start_worker(self) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        log_file = open(self.logs / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "touchstream.cli", "worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
+        finally:
+            log_file.close()
+
+    def _start_sink(self) -> None:
+        metrics = sink_metrics.create(self.registry, self.settings.metrics.namespace)
+        topics = {role: self.settings.topic(role) for role in ("events", "kpis", "dead_letters")}
+        sink = ClickHouseSink(
+            lambda: connect(self.settings),
+            self.settings.clickhouse.database,
+            default_routes(topics),
+            metrics,
+            max_buffered=self.settings.sink.batch_rows * 2 + 20_000,
+        )
+        self.sink_runner = SinkRunner(self.settings, sink, list(topics.values()), metrics)
+        self.sink_task = asyncio.create_task(self.sink_runner.run(), name="touchstream-sink")
+
+    def _publish(self) -> None:
+        info = RuntimeInfo(
+            pid=os.getpid(),
+            bootstrap_servers=self.settings.kafka.bootstrap_servers or "",
+            metrics_port=self.metrics_port,
+            worker_metrics_port=self.settings.metrics.worker_port,
+            embedded_clickhouse=self.settings.embedded_clickhouse,
+        )
+        path = RuntimeInfo.path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info.__dict__))
+
+    def check(self) -> None:
+        """Raise StackError when a part has died."""
+        if self.worker is not None and self.worker.poll() is not None:
+            raise StackError(
+                f"the stream worker exited with code {self.worker.returncode}; "
+                f"see {self.logs / 'worker.log'}"
+            )
+        if self.sink_task is not None and self.sink_task.done():
+            exc = self.sink_task.exception()
+            raise StackError(f"the ClickHouse sink stopped: {exc!r}")
+        if self.broker is not None and not self.broker.running():
+            raise StackError(f"the local broker died; see {self.logs / 'broker.log'}")
+
+    async def watch(self, stop: asyncio.Event, every_s: float = 0.5) -> None:
+        """Run until ``stop`` is set, raising StackError as soon as a part dies."""
+        while not stop.is_set():
+            self.check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
+    async def stop(self) -> None:
+        """Stop in dependency order: sink (final flush), worker, broker.
+
+        Everything is stopped even when a part failed; that failure is raised last.
+        """
+        with contextlib.suppress(OSError):
+            RuntimeInfo.path(self.settings).unlink()
+        failure: BaseException | None = None
+        if self.sink_runner is not None and self.sink_task is not None:
+            self.sink_runner.stop()
+            try:
+                await asyncio.wait_for(self.sink_task, 30)
+            except Exception as exc:  # re-raised below, after the rest has stopped
+                failure = exc
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.worker.wait, 20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                await asyncio.to_thread(self.worker.wait, 5)
+        server: Any = getattr(self, "_metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        if failure is not None:
+            raise StackError(f"the ClickHouse sink failed: {failure!r}") from failure

@@ -1,0 +1,27 @@
+"""What an event is. Imports nothing else of Touchstream's."""
+
+from touchstream.schemas.events import (
+    EVENT_ADAPTER,
+    EVENT_MODELS,
+    EVENT_TYPES,
+    AnyEvent,
+    Event,
+    family,
+)
+from touchstream.schemas.parse import Invalid, parse_event, parse_object
+from touchstream.schemas.records import DeadLetter, KpiUpdate, ValidationIssue
+
+__all__ = [
+    "EVENT_ADAPTER",
+    "EVENT_MODELS",
+    "EVENT_TYPES",
+    "AnyEvent",
+    "DeadLetter",
+    "Event",
+    "Invalid",
+    "KpiUpdate",
+    "ValidationIssue",
+    "family",
+    "parse_event",
+    "parse_object",
+]

@@ -1,0 +1,85 @@
+"""Records the pipeline itself writes to Kafka: dead letters and KPI updates."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+DeadLetterReason = Literal[
+    "too_large",
+    "not_json",
+    "not_object",
+    "unknown_event_type",
+    "missing_identity",
+    "schema_violation",
+]
+
+
+class ValidationIssue(BaseModel):
+    """One thing wrong with an event: where (dotted field path), what, and its class."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    reason: str
+    kind: str
+
+
+class DeadLetter(BaseModel):
+    """A message that did not become an event: the original bytes and why (topic dlq)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: DeadLetterReason
+    event_type: str | None = None
+    event_id: str | None = None
+    errors: list[ValidationIssue] = Field(default_factory=list)
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    original_size: int = Field(ge=0, description="bytes of the message; payload may be cut")
+    received_at: AwareDatetime
+
+    @staticmethod
+    def encode_payload(raw: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+    def original_bytes(self) -> bytes:
+        if self.payload_encoding == "base64":
+            return base64.b64decode(self.payload)
+        return self.payload.encode("utf-8")
+
+
+class KpiUpdate(BaseModel):
+    """The latest value of one KPI window (topic kpis). A higher version replaces a lower."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kpi: str
+    channel: str
+    touchpoint: str
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    window_size_s: int
+    numerator: float
+    denominator: float
+    value: float | None
+    counts: dict[str, float] = Field(default_factory=dict)
+    version: int
+    updated_at: AwareDatetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.kpi}|{self.channel}|{self.touchpoint}|{self.window_size_s}"
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat()

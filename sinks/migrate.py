@@ -1,0 +1,66 @@
+"""Versioned schema migrations: numbered SQL files, applied once, recorded in a table."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self, database: str) -> list[str]:
+        body = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        # A statement ends with ';' at the end of a line (a ';' inside a string does not).
+        parts = re.split(r";[ \t]*(?:\n|$)", body)
+        return [part.strip().replace("{db}", database) for part in parts if part.strip()]
+
+
+def available() -> list[Migration]:
+    folder = resources.files("touchstream.sinks").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def applied(client: Any, database: str) -> set[int]:
+    result = client.query(f"SELECT version FROM {database}.schema_migrations")
+    return {int(row[0]) for row in result.result_rows}
+
+
+def migrate(client: Any, database: str) -> list[Migration]:
+    """Bring ``database`` up to date; returns the migrations applied now (idempotent)."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    done = applied(client, database)
+    ran = []
+    for migration in available():
+        if migration.version in done:
+            continue
+        for statement in migration.statements(database):
+            client.command(statement)
+        client.insert(
+            "schema_migrations",
+            [(migration.version, migration.name, datetime.now(UTC))],
+            column_names=["version", "name", "applied_at"],
+            database=database,
+        )
+        ran.append(migration)
+    return ran

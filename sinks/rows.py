@@ -1,0 +1,115 @@
+"""Kafka records of the pipeline's output topics → ClickHouse rows, per table."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+Row = tuple[Any, ...]
+
+EVENT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "schema_version",
+    "occurred_at",
+    "received_at",
+    "identity",
+    "customer_id",
+    "anonymous_id",
+    "session_id",
+    "channel",
+    "touchpoint",
+    "properties",
+)
+KPI_COLUMNS = (
+    "kpi",
+    "channel",
+    "touchpoint",
+    "window_start",
+    "window_end",
+    "window_size",
+    "numerator",
+    "denominator",
+    "value",
+    "counts",
+    "version",
+    "updated_at",
+)
+DEAD_LETTER_COLUMNS = (
+    "reason",
+    "event_type",
+    "event_id",
+    "errors",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "payload",
+    "payload_encoding",
+    "original_size",
+    "received_at",
+)
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def event_row(value: bytes) -> Row:
+    data = json.loads(value)
+    customer_id = data.get("customer_id") or ""
+    anonymous_id = data.get("anonymous_id") or ""
+    return (
+        uuid.UUID(data["event_id"]),
+        data["event_type"],
+        int(data.get("schema_version", 1)),
+        _ts(data["occurred_at"]),
+        _ts(data["received_at"]),
+        customer_id or anonymous_id,
+        customer_id,
+        anonymous_id,
+        data.get("session_id") or "",
+        data["channel"],
+        data["touchpoint"],
+        json.dumps(data.get("properties") or {}, separators=(",", ":"), ensure_ascii=False),
+    )
+
+
+def kpi_row(value: bytes) -> Row:
+    data = json.loads(value)
+    return (
+        data["kpi"],
+        data["channel"],
+        data["touchpoint"],
+        _ts(data["window_start"]),
+        _ts(data["window_end"]),
+        int(data["window_size_s"]),
+        float(data["numerator"]),
+        float(data["denominator"]),
+        None if data["value"] is None else float(data["value"]),
+        {str(k): float(v) for k, v in (data.get("counts") or {}).items()},
+        int(data["version"]),
+        _ts(data["updated_at"]),
+    )
+
+
+def dead_letter_row(value: bytes) -> Row:
+    data = json.loads(value)
+    return (
+        data["reason"],
+        data.get("event_type") or "",
+        data.get("event_id") or "",
+        json.dumps(data.get("errors") or [], separators=(",", ":")),
+        data["source_topic"],
+        int(data["source_partition"]),
+        int(data["source_offset"]),
+        data["payload"],
+        data["payload_encoding"],
+        int(data.get("original_size", len(data["payload"]))),
+        _ts(data["received_at"]),
+    )
+
+
+Mapper = Callable[[bytes], Row]
