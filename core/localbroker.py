@@ -41,6 +41,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def die_with_parent() -> None:
     """preexec_fn: deliver SIGTERM to this child when its parent dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -131,6 +140,10 @@ class LocalBroker:
         last_error = ""
         for _ in range(attempts):
             self.port = self.requested_port or free_port(self.host)
+            if not port_is_free(self.host, self.port):
+                # Otherwise the readiness probe would be answered by whoever holds it.
+                last_error = f"port {self.host}:{self.port} is already in use"
+                continue
             try:
                 self._spawn(binary)
                 self._wait_ready()

@@ -87,7 +87,9 @@ class Stack:
             self.broker = LocalBroker(
                 port=self.settings.kafka.local_port, log_path=self.logs / "broker.log"
             )
-            bootstrap = await asyncio.to_thread(self.broker.start)
+            # From this (main) thread: PR_SET_PDEATHSIG fires when the creating
+            # *thread* exits, so a pool thread would take the broker down with it.
+            bootstrap = self.broker.start()
             self.settings = self.settings.with_bootstrap(bootstrap)
         await ensure_topics(self.settings)
         client = await asyncio.to_thread(connect, self.settings)

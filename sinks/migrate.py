@@ -27,7 +27,7 @@ class Migration:
 
 
 def available() -> list[Migration]:
-    folder = resources.files("touchstream.sinks").joinpath("migrations")
+    folder = resources.files("touchstream.sinks.migrations")
     found = []
     for entry in folder.iterdir():
         match = _NAME.match(entry.name)

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from touchstream.settings import SettingsError, env_variables, load_settings
+
+
+def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
+    settings = load_settings({"TOUCHSTREAM_DATA_DIR": str(tmp_path)})
+    assert settings.local_broker
+    assert settings.embedded_clickhouse
+    assert settings.clickhouse_dsn == f"chdb://{tmp_path / 'clickhouse'}"
+    assert settings.topic("feedback") == "cx.feedback.v1"
+    assert settings.topic("dead_letters") == "touchstream.dlq.v1"
+
+
+def test_nested_environment_switches_to_real_services() -> None:
+    settings = load_settings(
+        {
+            "TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS": "k1:9093,k2:9093",
+            "TOUCHSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "TOUCHSTREAM_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+            "TOUCHSTREAM_KAFKA__SASL_USERNAME": "svc",
+            "TOUCHSTREAM_KAFKA__SASL_PASSWORD": "kafka-secret",
+            "TOUCHSTREAM_KAFKA__TOPIC_PREFIX": "prod.",
+            "TOUCHSTREAM_KAFKA__PARTITIONS": "12",
+            "TOUCHSTREAM_CLICKHOUSE__DSN": "https://ch.example:8443",
+            "TOUCHSTREAM_CLICKHOUSE__PASSWORD": "ch-secret",
+            "TOUCHSTREAM_STREAMS__DAILY_WINDOW": "false",
+        }
+    )
+    assert not settings.local_broker and not settings.embedded_clickhouse
+    assert settings.kafka.partitions == 12
+    assert settings.streams.daily_window is False
+    assert settings.topic("kpis") == "prod.touchstream.kpis.v1"
+    kwargs = settings.kafka.security_kwargs()
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_password"] == "kafka-secret"
+    assert kwargs["ssl_context"] is not None
+
+
+def test_secrets_are_hidden_in_dumps_and_repr() -> None:
+    settings = load_settings(
+        {
+            "TOUCHSTREAM_CLICKHOUSE__PASSWORD": "ch-secret",
+            "TOUCHSTREAM_PII_KEY": "hmac-key",
+        }
+    )
+    dumped = json.dumps(settings.safe_dump(), default=str)
+    assert "ch-secret" not in dumped and "hmac-key" not in dumped
+    assert "ch-secret" not in repr(settings) and "hmac-key" not in str(settings)
+    # ... but child processes get them back.
+    env = settings.as_env()
+    assert env["TOUCHSTREAM_CLICKHOUSE__PASSWORD"] == "ch-secret"
+    assert env["TOUCHSTREAM_PII_KEY"] == "hmac-key"
+
+
+def test_as_env_round_trips() -> None:
+    settings = load_settings(
+        {"TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS": "h:1", "TOUCHSTREAM_STREAMS__BATCH_SIZE": "77"}
+    )
+    again = load_settings(settings.as_env())
+    assert again == settings
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings({})
+    with pytest.raises(ValueError, match="frozen"):
+        settings.log_level = "DEBUG"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOUCHSTREAM_KAFKA__PARTITIONS": "0"}, "TOUCHSTREAM_KAFKA__PARTITIONS"),
+        ({"TOUCHSTREAM_KAFKA__PARTITIONS": "many"}, "valid integer"),
+        ({"TOUCHSTREAM_CLICKHOUSE__DSN": "mysql://x"}, "chdb://, http:// or https://"),
+        ({"TOUCHSTREAM_CLICKHOUSE__DSN": "chdb://relative"}, "absolute path"),
+        ({"TOUCHSTREAM_CLICKHOUSE__DATABASE": "x; DROP TABLE y"}, "plain identifier"),
+        ({"TOUCHSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "needs sasl_mechanism"),
+        ({"TOUCHSTREAM_KAFKA__ACKS": "1"}, "enable_idempotence needs acks=all"),
+        ({"TOUCHSTREAM_STREAMS__WINDOW_SIZE_S": "1000"}, "multiple of window_step_s"),
+        ({"TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVER": "typo:9092"}, "unknown setting"),
+        ({"TOUCHSTREAM_LOGLEVEL": "DEBUG"}, "TOUCHSTREAM_LOGLEVEL"),
+    ],
+)
+def test_invalid_values_are_rejected_readably(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert message in str(caught.value)
+
+
+def test_every_setting_has_a_variable() -> None:
+    names = {name for name, _, _ in env_variables()}
+    assert "TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS" in names
+    assert "TOUCHSTREAM_CLICKHOUSE__DSN" in names
+    assert "TOUCHSTREAM_METRICS__PORT" in names
+    assert all(name.isupper() and name.startswith("TOUCHSTREAM_") for name in names)

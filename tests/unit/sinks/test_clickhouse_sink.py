@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from touchstream.schemas import parse_object
+from touchstream.sinks import metrics as sink_metrics
+from touchstream.sinks.base import BackpressureError, SinkWriteError, SourceRecord
+from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
+from touchstream.sinks.migrate import migrate
+from tests.samples import wire
+
+TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl"}
+NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
+
+
+class FlakyClient:
+    """The real client, with the next ``fail`` inserts refused (fault injection)."""
+
+    def __init__(self, real: Any, fail: int = 0) -> None:
+        self.real = real
+        self.fail = fail
+        self.attempts = 0
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        self.attempts += 1
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("ClickHouse went away")
+        return self.real.insert(*args, **kwargs)
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def database(ch: Any) -> str:
+    name = f"s_{uuid.uuid4().hex[:8]}"
+    migrate(ch, name)
+    return name
+
+
+def make_sink(client: Any, database: str, registry: CollectorRegistry, **kw: Any) -> ClickHouseSink:
+    sink = ClickHouseSink(
+        lambda: client, database, default_routes(TOPICS), sink_metrics.create(registry), **kw
+    )
+    sink.setup()
+    return sink
+
+
+def event_record(offset: int, event_type: str = "page_view", **envelope: Any) -> SourceRecord:
+    event = parse_object(wire(event_type, **envelope))
+    assert not isinstance(event, type(None))
+    value = event.model_copy(update={"received_at": NOW}).model_dump_json(exclude_none=True)  # type: ignore[union-attr]
+    return SourceRecord("ev", 0, offset, b"c-1", value.encode())
+
+
+def count(ch: Any, sql: str) -> int:
+    return int(ch.query(sql).result_rows[0][0])
+
+
+def test_rows_land_with_typed_columns(ch: Any, database: str) -> None:
+    registry = CollectorRegistry()
+    sink = make_sink(ch, database, registry)
+    sink.add(event_record(0, "order_placed"))
+    sink.add(event_record(1, "nps_response"))
+    assert sink.buffered == 2
+    assert sink.flush() == {("ev", 0): 2}
+    rows = ch.query(
+        f"SELECT event_type, order_id, score, channel, received_at FROM {database}.events "
+        "ORDER BY event_type"
+    ).result_rows
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("nps_response", "ord-1", 9, "web"),
+        ("order_placed", "ord-1", None, "web"),
+    ]
+    received = rows[0][4]  # naive from this client: the column is UTC
+    assert (received if received.tzinfo else received.replace(tzinfo=UTC)) == NOW
+    assert registry.get_sample_value("touchstream_sink_rows_written_total", {"table": "events"}) == 2
+
+
+def test_a_failed_flush_keeps_the_batch_and_commits_nothing(ch: Any, database: str) -> None:
+    registry = CollectorRegistry()
+    client = FlakyClient(ch, fail=1)
+    sink = make_sink(client, database, registry)
+    for offset in range(3):
+        sink.add(event_record(offset))
+    with pytest.raises(SinkWriteError, match="went away"):
+        sink.flush()
+    assert sink.buffered == 3
+    assert count(ch, f"SELECT count() FROM {database}.events") == 0
+    assert sink.flush() == {("ev", 0): 3}
+    assert count(ch, f"SELECT count() FROM {database}.events") == 3
+    assert registry.get_sample_value("touchstream_sink_insert_failures_total") == 1
+
+
+def test_a_batch_resent_after_an_unacknowledged_insert_does_not_duplicate(
+    ch: Any, database: str
+) -> None:
+    registry = CollectorRegistry()
+    records = [event_record(offset) for offset in range(5)]
+    first = make_sink(ch, database, registry)
+    for record in records:
+        first.add(record)
+    first.flush()
+    # The same records again (the commit was lost): same offsets → same token.
+    again = make_sink(ch, database, CollectorRegistry())
+    for record in records:
+        again.add(record)
+    again.flush()
+    assert count(ch, f"SELECT count() FROM {database}.events") == 5
+
+
+def test_a_duplicate_event_collapses_by_event_id(ch: Any, database: str) -> None:
+    sink = make_sink(ch, database, CollectorRegistry())
+    record = event_record(0)
+    sink.add(record)
+    sink.flush()
+    sink.add(SourceRecord("ev", 0, 7, record.key, record.value))  # re-delivered elsewhere
+    sink.flush()
+    assert count(ch, f"SELECT count() FROM {database}.events FINAL") == 1
+
+
+def test_unmappable_records_become_dead_letters_not_losses(ch: Any, database: str) -> None:
+    registry = CollectorRegistry()
+    sink = make_sink(ch, database, registry)
+    sink.add(SourceRecord("ev", 1, 4, None, b'{"event_type": "page_view"}'))
+    assert sink.flush() == {("ev", 1): 5}
+    row = ch.query(
+        f"SELECT reason, source_topic, source_offset, payload FROM {database}.dead_letters"
+    ).result_rows[0]
+    assert row == ("sink_rejected", "ev", 4, '{"event_type": "page_view"}')
+    assert registry.get_sample_value("touchstream_sink_rows_rejected_total", {"topic": "ev"}) == 1
+
+
+def test_kpi_updates_keep_the_latest_version(ch: Any, database: str) -> None:
+    sink = make_sink(ch, database, CollectorRegistry())
+    base = {
+        "kpi": "nps",
+        "channel": "web",
+        "touchpoint": "delivery",
+        "window_start": "2026-11-02T09:00:00Z",
+        "window_end": "2026-11-02T10:00:00Z",
+        "window_size_s": 3600,
+        "counts": {"responses": 2},
+        "updated_at": "2026-11-02T09:10:00Z",
+    }
+    for offset, (version, numerator, value) in enumerate([(2, 1, 50.0), (1, 0, 0.0)]):
+        update = {**base, "version": version, "numerator": numerator, "denominator": 2, "value": value}
+        sink.add(SourceRecord("kp", 0, offset, None, json.dumps(update).encode()))
+    sink.flush()
+    rows = ch.query(
+        f"SELECT numerator, value, version FROM {database}.kpi_touchpoint FINAL"
+    ).result_rows
+    assert rows == [(1.0, 50.0, 2)]
+
+
+def test_backpressure_is_a_typed_error(ch: Any, database: str) -> None:
+    sink = make_sink(ch, database, CollectorRegistry(), max_buffered=2)
+    sink.add(event_record(0))
+    sink.add(event_record(1))
+    with pytest.raises(BackpressureError):
+        sink.add(event_record(2))

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from touchstream.streams.aggregate import KpiAggregator
+from touchstream.streams.kpis import contributions
+from touchstream.streams.windows import DAY_S, Window
+
+T0 = int(datetime(2026, 11, 2, 9, 0, tzinfo=UTC).timestamp())
+NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
+
+
+def feed(agg: KpiAggregator, at: int, score: int, touchpoint: str = "delivery") -> None:
+    for c in contributions("nps_response", "web", touchpoint, at, score):
+        agg.add(c)
+
+
+def test_hourly_windows_sum_their_buckets() -> None:
+    store: dict[str, dict[str, float]] = {}
+    agg = KpiAggregator(store, 3600, 300)
+    feed(agg, T0 + 10, 10)  # promoter at 09:00:10
+    feed(agg, T0 + 1800, 3)  # detractor at 09:30
+    feed(agg, T0 + 3600, 9)  # promoter at 10:00 (next hour)
+
+    nine = agg.update("nps|web|delivery", Window(T0, 3600), 1, NOW)
+    assert (nine.numerator, nine.denominator, nine.value) == (0, 2, 0.0)
+    half_past = agg.update("nps|web|delivery", Window(T0 + 1800, 3600), 1, NOW)
+    assert (half_past.numerator, half_past.denominator, half_past.value) == (0, 2, 0.0)
+    ten = agg.update("nps|web|delivery", Window(T0 + 3600, 3600), 1, NOW)
+    assert (ten.numerator, ten.denominator, ten.value) == (1, 1, 100.0)
+    day = agg.update("nps|all|all", Window(T0 - 9 * 3600, DAY_S), 1, NOW)
+    assert (day.numerator, day.denominator) == (1, 3)
+    assert round(day.value or 0, 4) == round(100 / 3, 4)
+
+
+def test_add_reports_the_windows_it_changed() -> None:
+    agg = KpiAggregator({}, 3600, 300)
+    changed = set()
+    for c in contributions("nps_response", "web", "delivery", T0 + 10, 10):
+        changed.update(agg.add(c))
+    web = {w for g, w in changed if g == "nps|web|delivery"}
+    assert len(web) == 13  # 12 hourly windows + the day
+    assert Window(T0, 3600) in web and Window(T0 - 3300, 3600) in web
+
+
+def test_all_windows_covers_every_window_with_state() -> None:
+    agg = KpiAggregator({}, 3600, 300)
+    feed(agg, T0 + 10, 10)
+    windows = {w for g, w in agg.all_windows() if g == "nps|web|delivery"}
+    assert len(windows) == 13
+
+
+def test_state_values_are_fresh_dicts_so_tables_log_every_change() -> None:
+    store: dict[str, dict[str, float]] = {}
+    agg = KpiAggregator(store, 3600, 300)
+    feed(agg, T0, 10)
+    first = store[f"nps|web|delivery|300|{T0}"]
+    feed(agg, T0, 10)
+    second = store[f"nps|web|delivery|300|{T0}"]
+    assert first is not second
+    assert first["responses"] == 1 and second["responses"] == 2
