@@ -28,6 +28,7 @@ up: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p touchstream
 	$(BIN)/mypy
 
 test: lint

@@ -84,13 +84,18 @@ def produce(settings: Settings, config: SimulationConfig, console: Console) -> P
 def landed(client: Any, database: str, since: datetime) -> tuple[int, int, dict[str, int]]:
     """(distinct events, dead letters, overall responses per KPI in the daily windows
     written since ``since``) now in ClickHouse."""
-    events = client.query(f"SELECT uniqExact(event_id) FROM {database}.events").result_rows[0][0]
-    dead = client.query(f"SELECT count() FROM {database}.dead_letters FINAL").result_rows[0][0]
+    bind = {"db": database}
+    events = client.query(
+        "SELECT uniqExact(event_id) FROM {db:Identifier}.events", parameters=bind
+    ).result_rows[0][0]
+    dead = client.query(
+        "SELECT count() FROM {db:Identifier}.dead_letters FINAL", parameters=bind
+    ).result_rows[0][0]
     rows = client.query(
-        f"SELECT kpi, sum(denominator) FROM {database}.kpi_touchpoint FINAL "
+        "SELECT kpi, sum(denominator) FROM {db:Identifier}.kpi_touchpoint FINAL "
         "WHERE channel = 'all' AND touchpoint = 'all' AND window_size = 86400 "
         "AND updated_at >= {since:DateTime64(3, 'UTC')} GROUP BY kpi",
-        parameters={"since": since},
+        parameters={**bind, "since": since},
     ).result_rows
     return int(events), int(dead), {str(k): int(v) for k, v in rows}
 
@@ -151,7 +156,7 @@ SELECT touchpoint,
        sumIf(denominator, kpi = 'csat') AS csat_n,
        sumIf(numerator, kpi = 'ces') / nullIf(sumIf(denominator, kpi = 'ces'), 0) AS ces,
        sumIf(denominator, kpi = 'ces') AS ces_n
-FROM {db}.kpi_touchpoint FINAL
+FROM {db:Identifier}.kpi_touchpoint FINAL
 WHERE window_size = 86400 AND (channel != 'all' OR touchpoint = 'all')
 GROUP BY touchpoint
 ORDER BY touchpoint = 'all', touchpoint
@@ -167,7 +172,7 @@ def kpi_table(client: Any, database: str) -> Table:
         return "–" if value is None else pattern.format(value)
 
     for tp, nps, nps_n, csat, csat_n, ces, ces_n in client.query(
-        KPI_SQL.format(db=database)
+        KPI_SQL, parameters={"db": database}
     ).result_rows:
         table.add_row(
             f"[bold]{tp}[/]" if tp == "all" else tp,
@@ -184,8 +189,9 @@ def kpi_table(client: Any, database: str) -> Table:
 def events_table(client: Any, database: str) -> Table:
     table = Table(title="Events in ClickHouse by channel")
     rows = client.query(
-        f"SELECT channel, count(), uniqExact(identity), countIf(event_type = 'order_placed') "
-        f"FROM {database}.events FINAL GROUP BY channel ORDER BY count() DESC"
+        "SELECT channel, count(), uniqExact(identity), countIf(event_type = 'order_placed') "
+        "FROM {db:Identifier}.events FINAL GROUP BY channel ORDER BY count() DESC",
+        parameters={"db": database},
     ).result_rows
     for name in ("channel", "events", "customers", "orders"):
         table.add_column(name, justify="left" if name == "channel" else "right")
@@ -219,17 +225,19 @@ async def run_demo(settings: Settings, config: SimulationConfig, console: Consol
             console.print(events_table(client, database))
             console.print(kpi_table(client, database))
             reasons = client.query(
-                f"SELECT reason, count() FROM {database}.dead_letters FINAL GROUP BY reason "
-                "ORDER BY reason"
+                "SELECT reason, count() FROM {db:Identifier}.dead_letters FINAL "
+                "GROUP BY reason ORDER BY reason",
+                parameters={"db": database},
             ).result_rows
             console.print(
                 "dead letters: " + ", ".join(f"{reason} {count}" for reason, count in reasons)
             )
         finally:
             client.close()
+        example = f"SELECT event_type, count() FROM {database}.events GROUP BY event_type"  # noqa: S608 - printed, never run
         console.print(
             f"[green]done[/]: {produced.events} events reconciled. Query them with "
-            f'[bold]touchstream query "SELECT ... FROM {database}.events"[/]'
+            f'[bold]touchstream query "{example}"[/]'
         )
     finally:
         await stack.stop()

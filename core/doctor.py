@@ -70,7 +70,8 @@ async def _kafka(settings: Settings) -> list[Check]:
                     f"topic {name}",
                     False,
                     f"{have[name]} partitions, settings say {settings.kafka.partitions}",
-                    "align TOUCHSTREAM_KAFKA__PARTITIONS with the topics (tables need equal counts)",
+                    "align TOUCHSTREAM_KAFKA__PARTITIONS with the topics "
+                    "(tables need equal counts)",
                 )
             )
         else:

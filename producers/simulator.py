@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-CHANNELS = (("web", 45), ("mobile_app", 35), ("whatsapp", 8), ("call_center", 5), ("email", 4))
+CHANNELS: dict[str, float] = {
+    "web": 45,
+    "mobile_app": 35,
+    "whatsapp": 8,
+    "call_center": 5,
+    "email": 4,
+}
 CATEGORIES = ("shoes", "apparel", "electronics", "home", "beauty", "toys")
 CHECKOUT_STEPS = ("shipping", "payment", "review")
 FEEDBACK_TOUCHPOINTS = ("delivery", "order_confirmation", "support_chat", "checkout")
@@ -47,8 +53,7 @@ class Simulator:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _channel(self) -> str:
-        names, weights = zip(*CHANNELS, strict=True)
-        return self._rng.choices(names, weights=weights)[0]
+        return self._rng.choices(list(CHANNELS), weights=list(CHANNELS.values()))[0]
 
     def events(self) -> Iterator[dict[str, Any]]:
         generated: list[tuple[datetime, int, dict[str, Any]]] = []

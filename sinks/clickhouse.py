@@ -26,6 +26,7 @@ from touchstream.sinks.base import (
     TopicPartition,
 )
 from touchstream.sinks.metrics import SinkMetrics
+from touchstream.sinks.rows import Row
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ class Route:
 @dataclass
 class _Buffer:
     columns: tuple[str, ...]
-    rows: list[rows.Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     ranges: dict[TopicPartition, list[int]] = field(default_factory=dict)
 
-    def add(self, row: rows.Row, record: SourceRecord) -> None:
+    def add(self, row: Row, record: SourceRecord) -> None:
         self.rows.append(row)
         span = self.ranges.setdefault((record.topic, record.partition), [record.offset] * 2)
         span[1] = record.offset
@@ -106,7 +107,7 @@ class ClickHouseSink(Sink):
         self.metrics.buffered_rows.set(self._count)
 
     @staticmethod
-    def _rejected(record: SourceRecord, exc: Exception) -> rows.Row:
+    def _rejected(record: SourceRecord, exc: Exception) -> Row:
         payload, encoding = DeadLetter.encode_payload(record.value or b"")
         issue = [{"field": "", "reason": f"{type(exc).__name__}: {exc}"[:500], "kind": "sink"}]
         return (

@@ -17,13 +17,14 @@ class Migration:
     name: str
     sql: str
 
-    def statements(self, database: str) -> list[str]:
+    def statements(self) -> list[str]:
+        """The statements; each names its tables as {db:Identifier}.table (a bound parameter)."""
         body = "\n".join(
             line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
         )
         # A statement ends with ';' at the end of a line (a ';' inside a string does not).
         parts = re.split(r";[ \t]*(?:\n|$)", body)
-        return [part.strip().replace("{db}", database) for part in parts if part.strip()]
+        return [part.strip() for part in parts if part.strip()]
 
 
 def available() -> list[Migration]:
@@ -37,25 +38,29 @@ def available() -> list[Migration]:
 
 
 def applied(client: Any, database: str) -> set[int]:
-    result = client.query(f"SELECT version FROM {database}.schema_migrations")
+    result = client.query(
+        "SELECT version FROM {db:Identifier}.schema_migrations", parameters={"db": database}
+    )
     return {int(row[0]) for row in result.result_rows}
 
 
 def migrate(client: Any, database: str) -> list[Migration]:
     """Bring ``database`` up to date; returns the migrations applied now (idempotent)."""
-    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    bind = {"db": database}
+    client.command("CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters=bind)
     client.command(
-        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "CREATE TABLE IF NOT EXISTS {db:Identifier}.schema_migrations "
         "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
-        "ENGINE = MergeTree ORDER BY version"
+        "ENGINE = MergeTree ORDER BY version",
+        parameters=bind,
     )
     done = applied(client, database)
     ran = []
     for migration in available():
         if migration.version in done:
             continue
-        for statement in migration.statements(database):
-            client.command(statement)
+        for statement in migration.statements():
+            client.command(statement, parameters=bind)
         client.insert(
             "schema_migrations",
             [(migration.version, migration.name, datetime.now(UTC))],

@@ -22,7 +22,7 @@ from touchstream.sinks.metrics import SinkMetrics
 log = logging.getLogger(__name__)
 
 
-class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+class _FlushOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: SinkRunner) -> None:
         self.runner = runner
 

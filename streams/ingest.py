@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from touchstream.schemas import DeadLetter, Invalid, parse_event
-from touchstream.schemas.events import AnyEvent
-from touchstream.streams.kpis import SCORE_EVENTS, Contribution, contributions
+from touchstream.schemas.events import AnyEvent, CesResponse, CsatResponse, NpsResponse
+from touchstream.streams.kpis import Contribution, contributions
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,14 @@ def ingest(batch: list[RawMessage], received_at: datetime, max_bytes: int) -> In
             continue
         event = parsed.model_copy(update={"received_at": received_at})
         result.events.append(event)
-        if event.event_type in SCORE_EVENTS:
+        if isinstance(event, NpsResponse | CsatResponse | CesResponse):
             result.contributions.extend(
                 contributions(
                     event.event_type,
                     event.channel,
                     event.touchpoint,
                     event.occurred_at.timestamp(),
-                    event.properties.score,  # type: ignore[union-attr]
+                    event.properties.score,
                 )
             )
     return result

@@ -49,9 +49,6 @@ def score_counts(event_type: str, score: int) -> dict[str, dict[str, float]]:
     return {}
 
 
-SCORE_EVENTS = frozenset({"nps_response", "csat_response", "ces_response"})
-
-
 def contributions(
     event_type: str, channel: str, touchpoint: str, at: float, score: int
 ) -> list[Contribution]:

@@ -25,7 +25,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI=true a skipped test is a missing component: fail the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if IN_CI and skipped and exitstatus == 0:
+    if IN_CI and skipped and exitstatus == 0 and reporter is not None:
         reporter.write_line(f"CI=true: {skipped} test(s) skipped; a skip is a failure here")
         session.exitstatus = 1
 

@@ -25,7 +25,12 @@ PROPERTIES: dict[str, dict[str, Any]] = {
         "price": "19.90",
         "currency": "EUR",
     },
-    "checkout_started": {"checkout_id": "chk-1", "cart_id": "cart-1", "value": "39.80", "currency": "EUR"},
+    "checkout_started": {
+        "checkout_id": "chk-1",
+        "cart_id": "cart-1",
+        "value": "39.80",
+        "currency": "EUR",
+    },
     "checkout_step": {"checkout_id": "chk-1", "step": "payment"},
     "payment_failed": {"checkout_id": "chk-1", "reason": "declined"},
     "order_placed": {

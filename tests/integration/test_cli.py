@@ -31,7 +31,9 @@ def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         TOUCHSTREAM + args, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -50,7 +52,12 @@ def test_demo_ends_with_kpis_and_events_in_the_data_dir(tmp_path: Path) -> None:
 
     # The data stays: the engine is opened directly now that no stack runs.
     query = run(
-        ["query", "SELECT count() AS n, uniqExact(event_id) AS ids FROM touchstream.events", "--format", "json"],
+        [
+            "query",
+            "SELECT count() AS n, uniqExact(event_id) AS ids FROM touchstream.events",
+            "--format",
+            "json",
+        ],
         env,
     )
     assert query.returncode == 0, query.stderr
@@ -58,7 +65,12 @@ def test_demo_ends_with_kpis_and_events_in_the_data_dir(tmp_path: Path) -> None:
     assert int(row["n"]) == int(row["ids"]) == int(reconciled.group(1))
 
     kpis = run(
-        ["query", "SELECT count() FROM touchstream.kpi_touchpoint FINAL WHERE kpi = 'nps'", "--format", "csv"],
+        [
+            "query",
+            "SELECT count() FROM touchstream.kpi_touchpoint FINAL WHERE kpi = 'nps'",
+            "--format",
+            "csv",
+        ],
         env,
     )
     assert kpis.returncode == 0 and int(kpis.stdout.strip().splitlines()[-1]) > 0

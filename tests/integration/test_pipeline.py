@@ -11,16 +11,18 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.conftest import SettingsFactory
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.emitter import Emitter
 from touchstream.producers.simulator import SimulationConfig, Simulator
 from touchstream.stack import Stack
-from tests.conftest import SettingsFactory
 
 BAD = [b"{oops", b'{"event_type": "nope", "customer_id": "x"}', b"\xff"]
 
 
-def expected_daily_nps(events: list[dict[str, Any]]) -> dict[tuple[str, str, datetime], tuple[float, float]]:
+def expected_daily_nps(
+    events: list[dict[str, Any]],
+) -> dict[tuple[str, str, datetime], tuple[float, float]]:
     """(channel, touchpoint, day) → (promoters - detractors, responses), from the definition."""
     out: dict[tuple[str, str, datetime], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e in events:
@@ -35,7 +37,9 @@ def expected_daily_nps(events: list[dict[str, Any]]) -> dict[tuple[str, str, dat
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def test_events_in_kpi_rows_out(broker: LocalBroker, make_settings: SettingsFactory, ch: Any) -> None:
+def test_events_in_kpi_rows_out(
+    broker: LocalBroker, make_settings: SettingsFactory, ch: Any
+) -> None:
     settings = make_settings(broker.bootstrap_servers)
     db = settings.clickhouse.database
     events = list(
@@ -59,14 +63,23 @@ def test_events_in_kpi_rows_out(broker: LocalBroker, make_settings: SettingsFact
             deadline = time.monotonic() + 120
             while True:
                 stack.check()
-                got_ids = {str(r[0]) for r in ch.query(f"SELECT event_id FROM {db}.events FINAL").result_rows}
-                dead = ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason").result_rows
+                got_ids = {
+                    str(r[0])
+                    for r in ch.query(f"SELECT event_id FROM {db}.events FINAL").result_rows
+                }
+                dead = ch.query(
+                    f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason"
+                ).result_rows
                 nps_rows = ch.query(
                     f"SELECT channel, touchpoint, window_start, numerator, denominator "
                     f"FROM {db}.kpi_touchpoint FINAL WHERE kpi = 'nps' AND window_size = 86400"
                 ).result_rows
                 got_nps = {(c, t, ws.replace(tzinfo=UTC)): (n, d) for c, t, ws, n, d in nps_rows}
-                if got_ids == want_ids and sum(n for _, n in dead) == len(BAD) and got_nps == want_nps:
+                if (
+                    got_ids == want_ids
+                    and sum(n for _, n in dead) == len(BAD)
+                    and got_nps == want_nps
+                ):
                     break
                 assert time.monotonic() < deadline, (
                     f"not reconciled: {len(got_ids)}/{len(want_ids)} events, dead {dead}, "

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.samples import PROPERTIES, wire
 from touchstream.schemas import EVENT_TYPES, Invalid, family, parse_event, parse_object
 from touchstream.schemas.events import NpsResponse
-from tests.samples import PROPERTIES, wire
 
 
 def test_every_contract_event_type_has_a_model_and_a_sample() -> None:
@@ -77,7 +77,12 @@ def test_identify_needs_both_ids() -> None:
 
 @pytest.mark.parametrize(
     ("event_type", "low", "high"),
-    [("nps_response", 0, 10), ("csat_response", 1, 5), ("ces_response", 1, 7), ("isn_response", 1, 5)],
+    [
+        ("nps_response", 0, 10),
+        ("csat_response", 1, 5),
+        ("ces_response", 1, 7),
+        ("isn_response", 1, 5),
+    ],
 )
 def test_score_bounds(event_type: str, low: int, high: int) -> None:
     for score, ok in ((low - 1, False), (low, True), (high, True), (high + 1, False)):
@@ -120,15 +125,23 @@ def test_bytes_that_are_not_events(raw: bytes, reason: str) -> None:
 
 
 timestamps = st.datetimes(
-    min_value=datetime(2000, 1, 1),
-    max_value=datetime(2100, 1, 1),
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive by API
+    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=9))]),
 )
-ids = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Zs", "Cc"]), min_size=1, max_size=40)
+ids = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Zs", "Cc"]),
+    min_size=1,
+    max_size=40,
+)
 
 
-@given(score=st.integers(0, 10), at=timestamps, customer=ids, comment=st.none() | st.text(max_size=200))
-def test_nps_round_trip_property(score: int, at: datetime, customer: str, comment: str | None) -> None:
+@given(
+    score=st.integers(0, 10), at=timestamps, customer=ids, comment=st.none() | st.text(max_size=200)
+)
+def test_nps_round_trip_property(
+    score: int, at: datetime, customer: str, comment: str | None
+) -> None:
     data = wire("nps_response", occurred_at=at.isoformat(), customer_id=customer)
     data["properties"] = {"score": score, **({"comment": comment} if comment is not None else {})}
     event = parse_event(json.dumps(data).encode())

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.samples import wire
 from touchstream.schemas import parse_object
 from touchstream.sinks import metrics as sink_metrics
 from touchstream.sinks.base import BackpressureError, SinkWriteError, SourceRecord
 from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
 from touchstream.sinks.migrate import migrate
-from tests.samples import wire
 
 TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl"}
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
@@ -81,7 +81,9 @@ def test_rows_land_with_typed_columns(ch: Any, database: str) -> None:
     ]
     received = rows[0][4]  # naive from this client: the column is UTC
     assert (received if received.tzinfo else received.replace(tzinfo=UTC)) == NOW
-    assert registry.get_sample_value("touchstream_sink_rows_written_total", {"table": "events"}) == 2
+    assert (
+        registry.get_sample_value("touchstream_sink_rows_written_total", {"table": "events"}) == 2
+    )
 
 
 def test_a_failed_flush_keeps_the_batch_and_commits_nothing(ch: Any, database: str) -> None:
@@ -151,7 +153,13 @@ def test_kpi_updates_keep_the_latest_version(ch: Any, database: str) -> None:
         "updated_at": "2026-11-02T09:10:00Z",
     }
     for offset, (version, numerator, value) in enumerate([(2, 1, 50.0), (1, 0, 0.0)]):
-        update = {**base, "version": version, "numerator": numerator, "denominator": 2, "value": value}
+        update = {
+            **base,
+            "version": version,
+            "numerator": numerator,
+            "denominator": 2,
+            "value": value,
+        }
         sink.add(SourceRecord("kp", 0, offset, None, json.dumps(update).encode()))
     sink.flush()
     rows = ch.query(

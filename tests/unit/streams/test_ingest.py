@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from touchstream.streams.ingest import RawMessage, ingest
 from tests.samples import wire
+from touchstream.streams.ingest import RawMessage, ingest
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
