@@ -39,28 +39,40 @@ class KafkaSettings(BaseModel):
     )
     topic_prefix: str = Field(default="", description="prepended to every topic name")
     partitions: int = Field(default=4, ge=1, le=1024, description="partitions of created topics")
-    replication_factor: int = Field(default=1, ge=1, le=16)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_check_hostname: bool = True
+    replication_factor: int = Field(default=1, ge=1, le=16, description="of created topics")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret)")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for TLS")
+    ssl_certfile: Path | None = Field(default=None, description="client certificate (mTLS)")
+    ssl_keyfile: Path | None = Field(default=None, description="client key (mTLS)")
+    ssl_check_hostname: bool = Field(default=True, description="verify the broker's hostname")
     acks: Literal["all", "1", "0"] = Field(default="all", description="producer acks")
     enable_idempotence: bool = Field(
         default=True, description="idempotent producer where the client supports it"
     )
-    compression_type: Literal["none", "gzip", "lz4"] = "lz4"
-    linger_ms: int = Field(default=5, ge=0, le=60_000)
-    batch_bytes: int = Field(default=256 * 1024, ge=1024)
-    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    compression_type: Literal["none", "gzip", "lz4"] = Field(
+        default="lz4", description="producer compression: none, gzip or lz4"
+    )
+    linger_ms: int = Field(default=5, ge=0, le=60_000, description="producer batching delay")
+    batch_bytes: int = Field(default=256 * 1024, ge=1024, description="producer batch size")
+    max_request_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest produce request (bounds event size)"
+    )
     max_block_ms: int = Field(
         default=10_000, ge=0, description="how long emit may block on a full buffer / no broker"
     )
-    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    delivery_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="an unacknowledged event fails after this"
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="consumer group session timeout"
+    )
     local_port: int = Field(default=0, ge=0, le=65535, description="local broker port, 0 = free")
 
     @field_validator("topic_prefix")
@@ -115,15 +127,17 @@ class Topics(BaseModel):
 
     model_config = _section()
 
-    clickstream: str = "storefront.clickstream.v1"
-    orders: str = "storefront.orders.v1"
-    feedback: str = "cx.feedback.v1"
-    dead_letters: str = "touchstream.dlq.v1"
-    kpis: str = "touchstream.kpis.v1"
-    alerts: str = "cx.alerts.v1"
+    clickstream: str = Field(default="storefront.clickstream.v1", description="raw, in")
+    orders: str = Field(default="storefront.orders.v1", description="raw, in")
+    feedback: str = Field(default="cx.feedback.v1", description="raw, in")
+    dead_letters: str = Field(default="touchstream.dlq.v1", description="invalid input, out")
+    kpis: str = Field(default="touchstream.kpis.v1", description="KPI window updates, out")
+    alerts: str = Field(default="cx.alerts.v1", description="closed-loop alerts, out")
     # Internal topics (not part of the user contract, documented in the README).
-    events: str = "touchstream.events.v1"
-    kpi_contributions: str = "touchstream.kpi-contributions.v1"
+    events: str = Field(default="touchstream.events.v1", description="internal: valid events")
+    kpi_contributions: str = Field(
+        default="touchstream.kpi-contributions.v1", description="internal: KPI inputs by group"
+    )
 
 
 class ClickHouseSettings(BaseModel):
@@ -136,17 +150,13 @@ class ClickHouseSettings(BaseModel):
         description="chdb:///abs/dir (embedded) or http(s)://host:port; empty = "
         "chdb:///<data_dir>/clickhouse",
     )
-    database: str = "touchstream"
-    username: str = "default"
-    password: SecretStr = SecretStr("")
-    ca_cert: Path | None = None
-    verify_tls: bool = True
-    bi_user: str = "touchstream_bi"
-    bi_password: SecretStr = SecretStr("")
-    http_host: str = Field(default="127.0.0.1", description="HTTP interface of the embedded engine")
-    http_port: int = Field(default=8123, ge=0, le=65535)
+    database: str = Field(default="touchstream", description="the one database (identifier)")
+    username: str = Field(default="default", description="server user (writer)")
+    password: SecretStr = Field(default=SecretStr(""), description="server password (secret)")
+    ca_cert: Path | None = Field(default=None, description="CA bundle for https")
+    verify_tls: bool = Field(default=True, description="verify the server certificate")
 
-    @field_validator("database", "bi_user")
+    @field_validator("database")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not _IDENTIFIER.match(value):
@@ -169,17 +179,21 @@ class StreamsSettings(BaseModel):
     model_config = _section()
 
     app_id: str = Field(default="touchstream", description="Faust app id = consumer group")
-    batch_size: int = Field(default=5000, ge=1, le=100_000)
-    batch_interval_s: float = Field(default=0.2, gt=0, le=10)
-    max_event_bytes: int = Field(default=64 * 1024, ge=512)
-    window_size_s: int = Field(default=3600, ge=60)
-    window_step_s: int = Field(default=300, ge=60, le=43_200)
-    daily_window: bool = True
-    allowed_lateness_s: int = Field(default=600, ge=0)
-    abandonment_timeout_s: int = Field(default=1800, ge=60)
-    churn_horizon_days: int = Field(default=90, ge=1)
-    alert_sla_s: int = Field(default=86_400, ge=60)
-    kpi_emit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="messages per batch")
+    batch_interval_s: float = Field(
+        default=0.2, gt=0, le=10, description="a batch closes after this even if not full"
+    )
+    max_event_bytes: int = Field(
+        default=64 * 1024, ge=512, description="larger messages are dead-lettered as too_large"
+    )
+    window_size_s: int = Field(default=3600, ge=60, description="rolling KPI window")
+    window_step_s: int = Field(
+        default=300, ge=60, le=43_200, description="rolling windows advance by this"
+    )
+    daily_window: bool = Field(default=True, description="also keep 1-day (UTC) windows")
+    kpi_emit_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="changed KPI windows are emitted this often"
+    )
     web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
     one_record_batches: bool | None = Field(
         default=None,
@@ -199,11 +213,15 @@ class SinkSettings(BaseModel):
 
     model_config = _section()
 
-    group_id: str = "touchstream-sink"
-    batch_rows: int = Field(default=50_000, ge=1, le=1_000_000)
-    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    retry_initial_s: float = Field(default=0.5, gt=0)
-    retry_max_s: float = Field(default=10.0, gt=0)
+    group_id: str = Field(default="touchstream-sink", description="consumer group")
+    batch_rows: int = Field(
+        default=50_000, ge=1, le=1_000_000, description="flush when this many rows are buffered"
+    )
+    flush_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="... or when the oldest is this old"
+    )
+    retry_initial_s: float = Field(default=0.5, gt=0, description="first retry delay")
+    retry_max_s: float = Field(default=10.0, gt=0, description="longest retry delay")
 
 
 class MetricsSettings(BaseModel):
@@ -211,11 +229,11 @@ class MetricsSettings(BaseModel):
 
     model_config = _section()
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
+    enabled: bool = Field(default=True, description="serve /metrics")
+    host: str = Field(default="127.0.0.1", description="bind address of /metrics")
     port: int = Field(default=9464, ge=0, le=65535, description="up / sink; 0 = free port")
     worker_port: int = Field(default=9465, ge=0, le=65535, description="stream worker")
-    namespace: str = "touchstream"
+    namespace: str = Field(default="touchstream", description="metric name prefix")
 
 
 class Settings(BaseSettings):
@@ -235,7 +253,9 @@ class Settings(BaseSettings):
     pii_key: SecretStr | None = Field(
         default=None, description="HMAC key for pseudonymising email/phone/IP"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
     kafka: KafkaSettings = KafkaSettings()
     topics: Topics = Topics()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
