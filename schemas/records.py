@@ -83,3 +83,36 @@ class KpiUpdate(BaseModel):
 
 def iso(value: datetime) -> str:
     return value.isoformat()
+
+
+AlertKind = Literal["nps_detractor", "csat_low", "ces_low", "negative_comment"]
+AlertStatus = Literal["open", "overdue", "closed"]
+
+
+class Alert(BaseModel):
+    """A closed-loop alert (topic alerts): a bad experience someone must follow up.
+
+    ``alert_id`` is derived from the feedback's event_id, so a replayed feedback
+    raises the same alert. Each change of status is a new record with a higher
+    ``version``; the latest describes the alert.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    alert_id: str
+    status: AlertStatus
+    kind: AlertKind
+    event_id: str
+    customer_id: str | None = None
+    anonymous_id: str | None = None
+    channel: str
+    touchpoint: str
+    order_id: str | None = None
+    score: int | None = None
+    text: str | None = None
+    occurred_at: AwareDatetime
+    raised_at: AwareDatetime
+    closed_at: AwareDatetime | None = None
+    resolution: str | None = None
+    time_to_close_s: float | None = None
+    version: int

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.samples import wire
+from touchstream.schemas import Invalid, parse_object
+from touchstream.schemas.events import AnyEvent, CaseClosed
+from touchstream.streams.alerts import AlertBook, alert_id_for, raise_alert
+
+NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
+
+
+def event(event_type: str, **properties: object) -> AnyEvent:
+    data = wire(event_type)
+    data["properties"].update(properties)
+    parsed = parse_object(data)
+    assert not isinstance(parsed, Invalid), parsed
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("event_type", "properties", "kind"),
+    [
+        ("nps_response", {"score": 6}, "nps_detractor"),
+        ("nps_response", {"score": 0}, "nps_detractor"),
+        ("nps_response", {"score": 7}, None),
+        ("csat_response", {"score": 2}, "csat_low"),
+        ("csat_response", {"score": 3}, None),
+        ("ces_response", {"score": 2}, "ces_low"),
+        ("ces_response", {"score": 3}, None),
+        ("comment", {"text": "awful", "sentiment": "negative"}, "negative_comment"),
+        ("comment", {"text": "fine", "sentiment": "neutral", "score": 1}, None),
+        ("comment", {"text": "meh", "sentiment": None, "score": 2}, "negative_comment"),
+        ("comment", {"text": "ok", "sentiment": None, "score": 3}, None),
+        ("page_view", {}, None),
+    ],
+)
+def test_what_raises_an_alert(event_type: str, properties: dict, kind: str | None) -> None:
+    alert = raise_alert(event(event_type, **properties), NOW, 1)
+    assert (alert.kind if alert else None) == kind
+
+
+def test_an_alert_carries_customer_touchpoint_order_score_and_text() -> None:
+    feedback = event("nps_response", score=3, comment="late again", order_id="ord-9")
+    alert = raise_alert(feedback, NOW, 1)
+    assert alert is not None
+    assert alert.alert_id == alert_id_for(feedback.event_id)  # replay → same alert
+    assert (alert.customer_id, alert.touchpoint, alert.order_id) == ("c-1", "checkout", "ord-9")
+    assert (alert.score, alert.text, alert.status) == (3, "late again", "open")
+
+
+def closing(alert_id: str, at: datetime) -> CaseClosed:
+    closed = event("case_closed", alert_id=alert_id, resolution="called back")
+    assert isinstance(closed, CaseClosed)
+    return closed.model_copy(update={"occurred_at": at})
+
+
+def test_case_closed_closes_and_measures_time_to_close() -> None:
+    book = AlertBook(sla_s=86_400)
+    alert = raise_alert(event("csat_response", score=1), NOW, 1)
+    assert alert is not None and book.add(alert, 1) is None
+    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=3)), 2)
+    assert closed is not None and closed.status == "closed"
+    assert closed.time_to_close_s == 3 * 3600 and closed.resolution == "called back"
+    assert book.open == {}
+
+
+def test_a_closing_read_before_its_alert_still_closes_it() -> None:
+    book = AlertBook(sla_s=86_400)
+    alert = raise_alert(event("ces_response", score=1), NOW, 1)
+    assert alert is not None
+    assert book.close(closing(alert.alert_id, alert.occurred_at + timedelta(minutes=5)), 2) is None
+    closed = book.add(alert, 3)
+    assert closed is not None and closed.time_to_close_s == 300
+
+
+def test_open_past_the_sla_is_surfaced_once() -> None:
+    book = AlertBook(sla_s=86_400)
+    alert = raise_alert(event("nps_response", score=2), NOW, 1)
+    assert alert is not None
+    book.add(alert, 1)
+    assert book.overdue(alert.occurred_at + timedelta(hours=24), 2) == []
+    [late] = book.overdue(alert.occurred_at + timedelta(hours=24, seconds=1), 3)
+    assert late.status == "overdue" and late.version == 3
+    assert book.overdue(alert.occurred_at + timedelta(hours=30), 4) == []
+    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=30)), 5)
+    assert closed is not None and closed.status == "closed"
