@@ -92,9 +92,14 @@ def up() -> None:
         stack = Stack(settings)
         try:
             await stack.start()
+            served = (
+                f" (HTTP http://{settings.clickhouse.serve_host}:{stack.http_port})"
+                if stack.http_port
+                else ""
+            )
             console.print(
                 f"[green]up[/]: broker {stack.settings.kafka.bootstrap_servers}, ClickHouse "
-                f"{stack.settings.clickhouse_dsn}, metrics "
+                f"{stack.settings.clickhouse_dsn}{served}, metrics "
                 f"http://{settings.metrics.host}:{stack.metrics_port}/metrics — Ctrl-C stops"
             )
             await stack.watch(asyncio.Event())
@@ -183,15 +188,57 @@ def sink() -> None:
     _run(runner.run())
 
 
+@app.command(epilog=_env_help("clickhouse", "metrics"))
+def serve() -> None:
+    """Own the embedded ClickHouse and serve its HTTP interface (no broker, worker or
+    sink): for BI tools on a single-box install. Ctrl-C stops it."""
+    from touchstream.stack import Stack, StackError
+
+    settings = _settings()
+    _logging(settings)
+    if not settings.embedded_clickhouse:
+        err.print("serve is for the embedded engine; a ClickHouse server serves itself")
+        raise typer.Exit(2)
+    _refuse_if_engine_owned(settings)
+
+    async def run() -> None:
+        stack = Stack(settings, with_pipeline=False)
+        try:
+            await stack.start()
+            console.print(
+                f"[green]serving[/] ClickHouse HTTP on "
+                f"http://{settings.clickhouse.serve_host}:{stack.http_port} — Ctrl-C stops"
+            )
+            await stack.watch(asyncio.Event())
+        finally:
+            await stack.stop()
+
+    try:
+        _run(run())
+    except (StackError, ValueError) as exc:
+        err.print(f"[red]serve failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _client(settings: Settings, writer: bool) -> Any:
+    """Through the running stack's HTTP interface when one owns the embedded engine,
+    else directly (embedded engine or server)."""
+    from touchstream.sinks.client import connect
+    from touchstream.stack import RuntimeInfo, connect_running
+
+    info = RuntimeInfo.read(settings)
+    if settings.embedded_clickhouse and info is not None and info.http_port:
+        return connect_running(settings, info, writer=writer)
+    return connect(settings)
+
+
 @app.command(epilog=_env_help("clickhouse"))
 def migrate() -> None:
     """Create or upgrade the ClickHouse schema (idempotent)."""
-    from touchstream.sinks.client import connect
     from touchstream.sinks.migrate import migrate as run_migrations
 
     settings = _settings()
-    _refuse_if_engine_owned(settings)
-    client = connect(settings)
+    client = _client(settings, writer=True)
     try:
         ran = run_migrations(client, settings.clickhouse.database)
     finally:
@@ -237,15 +284,13 @@ def query(
     sql: Annotated[str, typer.Argument(help="a SELECT (read-only)")],
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
-    """Run a read-only query against ClickHouse and print the result."""
-    from touchstream.sinks.client import connect
-
+    """Run a read-only query and print the result: through the running stack's HTTP
+    interface (as the BI user) when one is up, else on the engine or server directly."""
     if fmt not in ("table", "csv", "json"):
         err.print("--format must be table, csv or json")
         raise typer.Exit(2)
     settings = _settings()
-    _refuse_if_engine_owned(settings)
-    client = connect(settings)
+    client = _client(settings, writer=False)
     try:
         result = client.query(sql, settings={"readonly": 1})
         for line in _rows_out(list(result.column_names), result.result_rows, fmt):

@@ -155,8 +155,24 @@ class ClickHouseSettings(BaseModel):
     password: SecretStr = Field(default=SecretStr(""), description="server password (secret)")
     ca_cert: Path | None = Field(default=None, description="CA bundle for https")
     verify_tls: bool = Field(default=True, description="verify the server certificate")
+    bi_user: str = Field(default="touchstream_bi", description="read-only BI user")
+    bi_password: SecretStr = Field(default=SecretStr(""), description="BI password (secret)")
+    serve_host: str = Field(
+        default="127.0.0.1", description="HTTP interface of the embedded engine (up/serve)"
+    )
+    serve_port: int = Field(default=8123, ge=0, le=65535, description="0 = a free port")
+    serve_threads: int = Field(default=4, ge=1, le=64, description="concurrent HTTP queries")
+    serve_timeout_s: float = Field(
+        default=60, gt=0, description="max_execution_time of HTTP queries"
+    )
+    serve_max_result_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="larger results fail (code 396)"
+    )
+    serve_max_body_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="largest request body (inserts)"
+    )
 
-    @field_validator("database")
+    @field_validator("database", "bi_user")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not _IDENTIFIER.match(value):

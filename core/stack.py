@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from touchstream.chhttp import EngineHTTP
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, die_with_parent
 from touchstream.settings import Settings
@@ -45,6 +46,7 @@ class RuntimeInfo:
     metrics_port: int
     worker_metrics_port: int
     embedded_clickhouse: bool
+    http_port: int = 0
 
     @staticmethod
     def path(settings: Settings) -> Path:
@@ -75,6 +77,9 @@ class Stack:
     sink_runner: SinkRunner | None = None
     sink_task: asyncio.Task[None] | None = None
     metrics_port: int = 0
+    http: EngineHTTP | None = None
+    http_port: int = 0
+    with_pipeline: bool = True  # False: `serve` (the engine's HTTP interface only)
 
     @property
     def logs(self) -> Path:
@@ -83,6 +88,11 @@ class Stack:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        if not self.with_pipeline:
+            await self._migrate()
+            await self._start_http()
+            self._publish()
+            return
         if self.settings.local_broker:
             self.broker = LocalBroker(
                 port=self.settings.kafka.local_port, log_path=self.logs / "broker.log"
@@ -92,17 +102,26 @@ class Stack:
             bootstrap = self.broker.start()
             self.settings = self.settings.with_bootstrap(bootstrap)
         await ensure_topics(self.settings)
+        await self._migrate()
+        self._start_metrics()
+        self._start_worker()
+        self._start_sink()
+        await self._start_http()
+        self._publish()
+
+    async def _migrate(self) -> None:
         client = await asyncio.to_thread(connect, self.settings)
         try:
             await asyncio.to_thread(migrate, client, self.settings.clickhouse.database)
         finally:
-            # On the embedded engine the sink reuses this engine (one path per process).
-            if not self.settings.embedded_clickhouse:
-                client.close()
-        self._start_metrics()
-        self._start_worker()
-        self._start_sink()
-        self._publish()
+            client.close()
+
+    async def _start_http(self) -> None:
+        """The owner of the embedded engine serves ClickHouse's HTTP interface."""
+        if not self.settings.embedded_clickhouse:
+            return
+        self.http = EngineHTTP(self.settings, lambda: connect(self.settings))
+        self.http_port = await self.http.start()
 
     def _start_metrics(self) -> None:
         metrics = self.settings.metrics
@@ -148,6 +167,7 @@ class Stack:
             metrics_port=self.metrics_port,
             worker_metrics_port=self.settings.metrics.worker_port,
             embedded_clickhouse=self.settings.embedded_clickhouse,
+            http_port=self.http_port,
         )
         path = RuntimeInfo.path(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +201,8 @@ class Stack:
         with contextlib.suppress(OSError):
             RuntimeInfo.path(self.settings).unlink()
         failure: BaseException | None = None
+        if self.http is not None:
+            await self.http.stop()
         if self.sink_runner is not None and self.sink_task is not None:
             self.sink_runner.stop()
             try:
@@ -202,3 +224,21 @@ class Stack:
             await asyncio.to_thread(self.broker.stop)
         if failure is not None:
             raise StackError(f"the ClickHouse sink failed: {failure!r}") from failure
+
+
+def connect_running(settings: Settings, info: RuntimeInfo, writer: bool = False) -> Any:
+    """A clickhouse-connect HTTP client to a running stack's engine: as the BI user
+    (read-only), or as the writer."""
+    import clickhouse_connect
+
+    ch = settings.clickhouse
+    user, password = (ch.username, ch.password) if writer else (ch.bi_user, ch.bi_password)
+    host = ch.serve_host if ch.serve_host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    return clickhouse_connect.get_client(
+        host=host,
+        port=info.http_port,
+        username=user,
+        password=password.get_secret_value(),
+        database=ch.database,
+        autogenerate_session_id=False,
+    )

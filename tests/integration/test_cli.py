@@ -24,6 +24,7 @@ def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
             "TOUCHSTREAM_METRICS__PORT": "0",
             "TOUCHSTREAM_METRICS__WORKER_PORT": "0",
             "TOUCHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "TOUCHSTREAM_CLICKHOUSE__SERVE_PORT": "0",
             "COLUMNS": "200",
             **extra,
         }
@@ -93,9 +94,18 @@ def test_up_runs_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "stack did not come up"
             time.sleep(0.2)
         info = json.loads(info_path.read_text())
-        # While it runs, it owns the embedded engine: other commands say so.
-        busy = run(["migrate"], env)
-        assert busy.returncode == 1 and "owned by a running stack" in busy.stderr
+        # While it runs it owns the embedded engine; other commands go through its
+        # ClickHouse HTTP interface (migrate as the writer, query as the BI user).
+        assert info["http_port"] > 0
+        migrated = run(["migrate"], env)
+        assert migrated.returncode == 0 and "schema is up to date" in migrated.stdout
+        counted = run(["query", "SELECT count() FROM touchstream.events", "--format", "csv"], env)
+        assert counted.returncode == 0, counted.stderr
+        assert counted.stdout.strip().splitlines()[-1] == "0"
+        refused = run(["query", "DROP TABLE touchstream.events"], env)
+        assert refused.returncode == 1 and "164" in refused.stderr
+        served = run(["serve"], env)
+        assert served.returncode == 1 and "owned by a running stack" in served.stderr
         doctor = run(["doctor"], env)
         assert doctor.returncode == 0, doctor.stdout
         assert "answers" in doctor.stdout
