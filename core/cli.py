@@ -158,7 +158,7 @@ def sink() -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from touchstream.sinks import metrics as sink_metrics
-    from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
+    from touchstream.sinks.clickhouse import ROLES, ClickHouseSink, default_routes
     from touchstream.sinks.client import connect
     from touchstream.sinks.runner import SinkRunner
 
@@ -173,7 +173,7 @@ def sink() -> None:
     if settings.metrics.enabled:
         start_http_server(settings.metrics.port, settings.metrics.host, registry)
     metrics = sink_metrics.create(registry, settings.metrics.namespace)
-    topics = {role: settings.topic(role) for role in ("events", "kpis", "dead_letters")}
+    topics = {role: settings.topic(role) for role in ROLES}
     runner = SinkRunner(
         settings,
         ClickHouseSink(
@@ -281,20 +281,56 @@ def _rows_out(columns: list[str], rows: list[Any], fmt: str) -> Iterator[str]:
 
 @app.command(epilog=_env_help("clickhouse"))
 def query(
-    sql: Annotated[str, typer.Argument(help="a SELECT (read-only)")],
+    sql: Annotated[
+        str | None, typer.Argument(help="a named query (see --list) or a SELECT")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="k=v for a named query; repeatable")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    list_: Annotated[bool, typer.Option("--list", help="list the named queries")] = False,
 ) -> None:
-    """Run a read-only query and print the result: through the running stack's HTTP
-    interface (as the BI user) when one is up, else on the engine or server directly."""
+    """Run a named journey query or a read-only SELECT and print the result: through the
+    running stack's HTTP interface (as the BI user) when one is up, else directly."""
+    from touchstream.sinks import named
+
+    if list_:
+        for query_ in named.load_all().values():
+            params = " ".join(
+                f"{p.name}={p.default}" if p.default is not None else f"{p.name}=?"
+                for p in query_.params
+            )
+            console.print(f"[bold]{query_.name}[/] {params}\n  {query_.description}")
+        return
+    if not sql:
+        err.print("give a named query or SQL (or --list)")
+        raise typer.Exit(2)
     if fmt not in ("table", "csv", "json"):
         err.print("--format must be table, csv or json")
         raise typer.Exit(2)
+    given = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            err.print(f"--param wants k=v, got {item!r}")
+            raise typer.Exit(2)
+        given[key] = value
     settings = _settings()
+    queries = named.load_all()
+    if sql not in queries and given:
+        err.print(f"--param is for named queries; {sql!r} is not one (see --list)")
+        raise typer.Exit(2)
     client = _client(settings, writer=False)
     try:
-        result = client.query(sql, settings={"readonly": 1})
+        if sql in queries:
+            result = named.run(client, queries[sql], settings.clickhouse.database, given)
+        else:
+            result = client.query(sql, settings={"readonly": 1})
         for line in _rows_out(list(result.column_names), result.result_rows, fmt):
             print(line)
+    except named.QueryError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
     except Exception as exc:  # the server's message is the useful part
         err.print(f"[red]query failed[/]: {exc}")
         raise typer.Exit(1) from exc

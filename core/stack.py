@@ -25,7 +25,7 @@ from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, die_with_parent
 from touchstream.settings import Settings
 from touchstream.sinks import metrics as sink_metrics
-from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
+from touchstream.sinks.clickhouse import ROLES, ClickHouseSink, default_routes
 from touchstream.sinks.client import connect
 from touchstream.sinks.migrate import migrate
 from touchstream.sinks.runner import SinkRunner
@@ -149,7 +149,7 @@ class Stack:
 
     def _start_sink(self) -> None:
         metrics = sink_metrics.create(self.registry, self.settings.metrics.namespace)
-        topics = {role: self.settings.topic(role) for role in ("events", "kpis", "dead_letters")}
+        topics = {role: self.settings.topic(role) for role in ROLES}
         sink = ClickHouseSink(
             lambda: connect(self.settings),
             self.settings.clickhouse.database,

@@ -52,14 +52,18 @@ class _Buffer:
         return hashlib.sha256(f"{table}|{spans}".encode()).hexdigest()
 
 
+ROLES = ("events", "kpis", "dead_letters", "alerts")
+
+
 def default_routes(topics: dict[str, str]) -> dict[str, Route]:
-    """Topic name by role ('events', 'kpis', 'dead_letters') → the table it fills."""
+    """Topic name by role (see ROLES) → the table it fills."""
     return {
         topics["events"]: Route("events", rows.EVENT_COLUMNS, rows.event_row),
         topics["kpis"]: Route("kpi_touchpoint", rows.KPI_COLUMNS, rows.kpi_row),
         topics["dead_letters"]: Route(
             "dead_letters", rows.DEAD_LETTER_COLUMNS, rows.dead_letter_row
         ),
+        topics["alerts"]: Route("alerts", rows.ALERT_COLUMNS, rows.alert_row),
     }
 
 

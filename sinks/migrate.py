@@ -9,6 +9,14 @@ from importlib import resources
 from typing import Any
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote_identifier(name: str) -> str:
+    """A plain identifier, back-quoted; anything else is refused (never escaped)."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a plain identifier")
+    return f"`{name}`"
 
 
 @dataclass(frozen=True)
@@ -17,14 +25,18 @@ class Migration:
     name: str
     sql: str
 
-    def statements(self) -> list[str]:
-        """The statements; each names its tables as {db:Identifier}.table (a bound parameter)."""
+    def statements(self, database: str) -> list[str]:
+        """The statements for ``database``. DDL cannot take it as a bound parameter
+        (in CREATE VIEW, ClickHouse reads {db:Identifier} as a parameterized view),
+        so the validated, quoted identifier replaces ``{db}``; no value is ever
+        formatted into SQL."""
+        db = quote_identifier(database)
         body = "\n".join(
             line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
         )
         # A statement ends with ';' at the end of a line (a ';' inside a string does not).
         parts = re.split(r";[ \t]*(?:\n|$)", body)
-        return [part.strip() for part in parts if part.strip()]
+        return [part.strip().replace("{db}", db) for part in parts if part.strip()]
 
 
 def available() -> list[Migration]:
@@ -59,8 +71,8 @@ def migrate(client: Any, database: str) -> list[Migration]:
     for migration in available():
         if migration.version in done:
             continue
-        for statement in migration.statements():
-            client.command(statement, parameters=bind)
+        for statement in migration.statements(database):
+            client.command(statement)
         client.insert(
             "schema_migrations",
             [(migration.version, migration.name, datetime.now(UTC))],

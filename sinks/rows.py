@@ -51,6 +51,25 @@ DEAD_LETTER_COLUMNS = (
     "original_size",
     "received_at",
 )
+ALERT_COLUMNS = (
+    "alert_id",
+    "status",
+    "kind",
+    "event_id",
+    "customer_id",
+    "anonymous_id",
+    "channel",
+    "touchpoint",
+    "order_id",
+    "score",
+    "text",
+    "occurred_at",
+    "raised_at",
+    "closed_at",
+    "resolution",
+    "time_to_close_s",
+    "version",
+)
 
 
 def _ts(value: str) -> datetime:
@@ -109,6 +128,31 @@ def dead_letter_row(value: bytes) -> Row:
         data["payload_encoding"],
         int(data.get("original_size", len(data["payload"]))),
         _ts(data["received_at"]),
+    )
+
+
+def alert_row(value: bytes) -> Row:
+    data = json.loads(value)
+    closed = data.get("closed_at")
+    ttc = data.get("time_to_close_s")
+    return (
+        data["alert_id"],
+        data["status"],
+        data["kind"],
+        data["event_id"],
+        data.get("customer_id") or "",
+        data.get("anonymous_id") or "",
+        data["channel"],
+        data["touchpoint"],
+        data.get("order_id") or "",
+        None if data.get("score") is None else int(data["score"]),
+        data.get("text") or "",
+        _ts(data["occurred_at"]),
+        _ts(data["raised_at"]),
+        None if closed is None else _ts(closed),
+        data.get("resolution") or "",
+        None if ttc is None else float(ttc),
+        int(data["version"]),
     )
 
 

@@ -1,7 +1,7 @@
 -- Core tables: raw events, KPI windows, dead letters.
--- {db:Identifier} is bound server-side to the database from settings; nothing is formatted in.
+-- {db} is replaced by the database from settings, validated and back-quoted (migrate.py).
 
-CREATE TABLE IF NOT EXISTS {db:Identifier}.events
+CREATE TABLE IF NOT EXISTS {db}.events
 (
     event_id        UUID,
     event_type      LowCardinality(String),
@@ -25,7 +25,7 @@ PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (identity, occurred_at, event_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE TABLE IF NOT EXISTS {db:Identifier}.kpi_touchpoint
+CREATE TABLE IF NOT EXISTS {db}.kpi_touchpoint
 (
     kpi           LowCardinality(String),
     channel       LowCardinality(String),
@@ -45,7 +45,7 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (kpi, channel, touchpoint, window_size, window_start)
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE TABLE IF NOT EXISTS {db:Identifier}.dead_letters
+CREATE TABLE IF NOT EXISTS {db}.dead_letters
 (
     reason            LowCardinality(String),
     event_type        String,

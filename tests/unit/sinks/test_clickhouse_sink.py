@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from touchstream.sinks.base import BackpressureError, SinkWriteError, SourceReco
 from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
 from touchstream.sinks.migrate import migrate
 
-TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl"}
+TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl", "alerts": "al"}
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
 
@@ -174,3 +174,23 @@ def test_backpressure_is_a_typed_error(ch: Any, database: str) -> None:
     sink.add(event_record(1))
     with pytest.raises(BackpressureError):
         sink.add(event_record(2))
+
+
+def test_alert_updates_keep_the_latest_status(ch: Any, database: str) -> None:
+    from touchstream.streams.alerts import AlertBook, raise_alert
+
+    feedback = parse_object(wire("nps_response", properties={"score": 2, "comment": "late"}))
+    assert not isinstance(feedback, type(None))
+    raised = raise_alert(feedback, NOW, 1)  # type: ignore[arg-type]
+    assert raised is not None
+    book = AlertBook(sla_s=3600)
+    book.add(raised, 1)
+    [overdue] = book.overdue(NOW + timedelta(days=2), 2)
+    sink = make_sink(ch, database, CollectorRegistry())
+    for offset, alert in enumerate([raised, overdue]):
+        sink.add(SourceRecord("al", 0, offset, None, alert.model_dump_json().encode()))
+    sink.flush()
+    rows = ch.query(
+        f"SELECT status, kind, score, text, version FROM {database}.alerts FINAL"
+    ).result_rows
+    assert rows == [("overdue", "nps_detractor", 2, "late", 2)]

@@ -20,6 +20,17 @@ def test_from_empty_then_rerun_is_a_no_op(ch: Any) -> None:
 
 def test_statements_split_on_line_ending_semicolons_only() -> None:
     migration = available()[0]
-    statements = migration.statements()
-    assert all(s.startswith("CREATE TABLE IF NOT EXISTS {db:Identifier}.") for s in statements)
+    statements = migration.statements("db")
+    assert all(s.startswith("CREATE TABLE IF NOT EXISTS `db`.") for s in statements)
     assert any("'JSON object; query with JSONExtract*'" in s for s in statements)
+
+
+def test_database_names_are_identifiers_only() -> None:
+    import pytest
+
+    from touchstream.sinks.migrate import quote_identifier
+
+    assert quote_identifier("touchstream") == "`touchstream`"
+    for bad in ["a`b", "x; DROP TABLE y", "", "1abc", "a.b"]:
+        with pytest.raises(ValueError, match="plain identifier"):
+            quote_identifier(bad)

@@ -1,0 +1,1 @@
+"""Named journey queries: one parameterised SQL file each (see sinks/queries.py)."""
