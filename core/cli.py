@@ -234,13 +234,25 @@ def _client(settings: Settings, writer: bool) -> Any:
 
 @app.command(epilog=_env_help("clickhouse"))
 def migrate() -> None:
-    """Create or upgrade the ClickHouse schema (idempotent)."""
+    """Create or upgrade the ClickHouse schema (idempotent); on a server, also the
+    read-only BI role (and user, given TOUCHSTREAM_CLICKHOUSE__BI_PASSWORD)."""
+    from touchstream.sinks.migrate import grant_bi_access
     from touchstream.sinks.migrate import migrate as run_migrations
 
     settings = _settings()
+    ch = settings.clickhouse
     client = _client(settings, writer=True)
     try:
-        ran = run_migrations(client, settings.clickhouse.database)
+        ran = run_migrations(client, ch.database)
+        if not settings.embedded_clickhouse:
+            password = ch.bi_password.get_secret_value() or None
+            if grant_bi_access(client, ch.database, ch.bi_user, password):
+                console.print(f"BI user {ch.bi_user}: SELECT on {ch.database}, readonly=1")
+            else:
+                console.print(
+                    f"BI role {ch.database}_bi_reader granted SELECT; set "
+                    "TOUCHSTREAM_CLICKHOUSE__BI_PASSWORD to create the BI user too"
+                )
     finally:
         client.close()
     if ran:
@@ -336,6 +348,29 @@ def query(
         raise typer.Exit(1) from exc
     finally:
         client.close()
+
+
+@app.command(epilog=_env_help("clickhouse"))
+def erase(
+    customer: Annotated[str, typer.Option("--customer", help="the customer_id to erase")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """GDPR erasure: delete a customer's rows (and their linked anonymous ids') from
+    every table, with mutations; prints how many rows per table."""
+    from touchstream.sinks.erase import erase_customer
+
+    settings = _settings()
+    if not yes and not typer.confirm(f"erase every row of customer {customer!r}?"):
+        raise typer.Exit(1)
+    client = _client(settings, writer=True)
+    try:
+        erasure = erase_customer(client, settings.clickhouse.database, customer)
+    finally:
+        client.close()
+    for table, count in erasure.rows.items():
+        console.print(f"{table}: {count} row(s) deleted")
+    linked = ", ".join(erasure.identities) or "none"
+    console.print(f"erased {erasure.total} row(s) of {customer} (linked anonymous ids: {linked})")
 
 
 @app.command(epilog=_env_help(*STACK_SECTIONS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,3 +82,37 @@ def migrate(client: Any, database: str) -> list[Migration]:
         )
         ran.append(migration)
     return ran
+
+
+def bi_access_statements(database: str, bi_user: str, bi_password: str | None) -> list[str]:
+    """DDL for read-only BI access on a ClickHouse server: a role with SELECT on the
+    database, and (given a password) a user with that role and readonly=1.
+
+    The embedded engine has no user directory; there the HTTP interface enforces
+    read-only access instead. The password goes in as its SHA-256 (hex, checked).
+    """
+    db = quote_identifier(database)
+    role = quote_identifier(f"{database}_bi_reader")
+    user = quote_identifier(bi_user)
+    statements = [
+        f"CREATE ROLE IF NOT EXISTS {role}",
+        f"GRANT SELECT ON {db}.* TO {role}",
+    ]
+    if bi_password:
+        digest = hashlib.sha256(bi_password.encode()).hexdigest()
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)  # noqa: S101 - a hex digest, by construction
+        identified = f"IDENTIFIED WITH sha256_hash BY '{digest}'"
+        statements += [
+            f"CREATE USER IF NOT EXISTS {user} {identified} SETTINGS readonly = 1",
+            f"ALTER USER {user} {identified} SETTINGS readonly = 1",
+            f"GRANT {role} TO {user}",
+            f"ALTER USER {user} DEFAULT ROLE {role}",
+        ]
+    return statements
+
+
+def grant_bi_access(client: Any, database: str, bi_user: str, bi_password: str | None) -> bool:
+    """Apply :func:`bi_access_statements` on a server; True if the user was created."""
+    for statement in bi_access_statements(database, bi_user, bi_password):
+        client.command(statement)
+    return bool(bi_password)

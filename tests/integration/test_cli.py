@@ -79,6 +79,38 @@ def test_demo_ends_with_kpis_and_events_in_the_data_dir(tmp_path: Path) -> None:
     refused = run(["query", "DROP TABLE touchstream.events"], env)
     assert refused.returncode == 1 and "query failed" in refused.stderr
 
+    funnel = run(["query", "checkout_funnel", "--format", "json"], env)
+    assert funnel.returncode == 0, funnel.stderr
+    rows = [json.loads(line) for line in funnel.stdout.strip().splitlines()]
+    assert rows and all(int(r["started"]) >= int(r["ordered"]) for r in rows)
+    bad_param = run(["query", "checkout_funnel", "--param", "sine=2026-01-01"], env)
+    assert bad_param.returncode == 2 and "unknown parameter" in bad_param.stderr
+
+    who = "c3-000001"  # the demo's first simulated customer for seed 3
+    before = run(
+        [
+            "query",
+            f"SELECT count() FROM touchstream.journeys WHERE person = '{who}'",
+            "--format",
+            "csv",
+        ],
+        env,
+    )
+    assert int(before.stdout.strip().splitlines()[-1]) > 0
+    erased = run(["erase", "--customer", who, "--yes"], env)
+    assert erased.returncode == 0, erased.stderr
+    assert f"erased {before.stdout.strip().splitlines()[-1]} row(s) of {who}" in erased.stdout
+    after = run(
+        [
+            "query",
+            f"SELECT count() FROM touchstream.journeys WHERE person = '{who}'",
+            "--format",
+            "csv",
+        ],
+        env,
+    )
+    assert after.stdout.strip().splitlines()[-1] == "0"
+
 
 def test_up_runs_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     data = tmp_path / "data"
