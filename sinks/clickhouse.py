@@ -38,12 +38,20 @@ class Route:
 
 @dataclass
 class _Buffer:
+    """One table's pending rows, kept column by column (inserted column-oriented)."""
+
     columns: tuple[str, ...]
-    rows: list[Row] = field(default_factory=list)
+    data: list[list[Any]] = field(default_factory=list)
+    size: int = 0
     ranges: dict[TopicPartition, list[int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.data = [[] for _ in self.columns]
+
     def add(self, row: Row, record: SourceRecord) -> None:
-        self.rows.append(row)
+        for column, value in zip(self.data, row, strict=True):
+            column.append(value)
+        self.size += 1
         span = self.ranges.setdefault((record.topic, record.partition), [record.offset] * 2)
         span[1] = record.offset
 
@@ -133,20 +141,21 @@ class ClickHouseSink(Sink):
             raise RuntimeError("setup() first")
         started = time.perf_counter()
         for table, buffer in list(self._buffers.items()):
-            if not buffer.rows:
+            if not buffer.size:
                 continue
             try:
                 self._client.insert(
                     table,
-                    buffer.rows,
+                    buffer.data,
                     column_names=list(buffer.columns),
                     database=self.database,
+                    column_oriented=True,
                     settings={"insert_deduplication_token": buffer.token(table)},
                 )
             except Exception as exc:  # the client's error types differ by backend
                 self.metrics.insert_failures.inc()
                 raise SinkWriteError(f"insert into {self.database}.{table} failed: {exc}") from exc
-            self.metrics.rows_written.labels(table).inc(len(buffer.rows))
+            self.metrics.rows_written.labels(table).inc(buffer.size)
             del self._buffers[table]  # landed: a retry must not send it again
         offsets, self._offsets = self._offsets, {}
         if self._count:
