@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 EDITABLE := --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-.PHONY: install demo up test lint unit integration clean
+.PHONY: install demo up test lint unit integration bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ unit: install
 
 integration: install
 	$(BIN)/pytest tests/integration
+
+# Benchmarks are scripts that print figures (and merge them into build/bench.json).
+bench: install
+	$(BIN)/python -m tests.perf.bench_http --rate 10000 --seconds 30
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis
