@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from touchstream.schemas import DeadLetter, Invalid, parse_event
-from touchstream.schemas.events import AnyEvent, CesResponse, CsatResponse, NpsResponse
-from touchstream.streams.kpis import Contribution, contributions
+from touchstream.schemas.events import AnyEvent
+from touchstream.streams.kpis import Contribution, contributions_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,5 @@ def ingest(batch: list[RawMessage], received_at: datetime, max_bytes: int) -> In
             continue
         event = parsed.model_copy(update={"received_at": received_at})
         result.events.append(event)
-        if isinstance(event, NpsResponse | CsatResponse | CesResponse):
-            result.contributions.extend(
-                contributions(
-                    event.event_type,
-                    event.channel,
-                    event.touchpoint,
-                    event.occurred_at.timestamp(),
-                    event.properties.score,
-                )
-            )
+        result.contributions.extend(contributions_of(event))
     return result

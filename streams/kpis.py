@@ -1,7 +1,22 @@
 """KPI logic, pure: what an event contributes, and a KPI's value from its counts.
 
-Foundation scope: the feedback score KPIs (NPS, CSAT, CES). Values: NPS in
--100..100, CSAT and shares as ratios in 0..1, CES as the mean score (1..7).
+Per-event KPIs (each event adds counts at its own event time, so no state beyond
+the windows is needed):
+
+| kpi | counts | value |
+|---|---|---|
+| nps | responses, promoters (9-10), passives, detractors (0-6) | 100 (p - d) / responses |
+| csat | responses, satisfied (4-5 of 1-5) | satisfied / responses, 0..1 |
+| ces | responses, score_sum (1-7) | mean score |
+| ces_easy_share | responses, easy (>= 5) | easy / responses |
+| isn:<attribute> | responses, satisfied (4-5), dissatisfied (1-2) | 100 (s - d) / responses |
+| comments_positive_share | comments, positive | positive / comments |
+| retention | decisions (retained + cancelled), retained | retained / decisions |
+| cross_sell | orders, multi_category (items from >= 2 categories) | multi_category / orders |
+
+A comment is positive by its sentiment label; without one, by its optional 1-5
+score (>= 4 positive, 3 neutral, <= 2 negative); with neither, it is counted and
+not positive. Abandonment and churn need per-entity state (streams/outcomes.py).
 Every value carries its numerator and denominator (PRODUCT.md).
 """
 
@@ -9,6 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from touchstream.schemas.events import (
+    AnyEvent,
+    CancellationRetained,
+    CesResponse,
+    Comment,
+    CsatResponse,
+    IsnResponse,
+    NpsResponse,
+    OrderPlaced,
+    SubscriptionCancelled,
+)
 
 OVERALL = "all"
 
@@ -49,12 +76,61 @@ def score_counts(event_type: str, score: int) -> dict[str, dict[str, float]]:
     return {}
 
 
+def comment_is_positive(comment: Comment) -> bool:
+    props = comment.properties
+    if props.sentiment is not None:
+        return props.sentiment == "positive"
+    return props.score is not None and props.score >= 4
+
+
+def event_counts(event: AnyEvent) -> dict[str, dict[str, float]]:
+    """Counts per KPI that one event adds (empty for events no per-event KPI reads)."""
+    if isinstance(event, NpsResponse | CsatResponse | CesResponse):
+        return score_counts(event.event_type, event.properties.score)
+    if isinstance(event, IsnResponse):
+        score = event.properties.score
+        return {
+            f"isn:{event.properties.attribute}": {
+                "responses": 1,
+                "satisfied": float(score >= 4),
+                "dissatisfied": float(score <= 2),
+            }
+        }
+    if isinstance(event, Comment):
+        return {
+            "comments_positive_share": {
+                "comments": 1,
+                "positive": float(comment_is_positive(event)),
+            }
+        }
+    if isinstance(event, CancellationRetained | SubscriptionCancelled):
+        retained = isinstance(event, CancellationRetained)
+        return {"retention": {"decisions": 1, "retained": float(retained)}}
+    if isinstance(event, OrderPlaced):
+        categories = {item.category for item in event.properties.items}
+        return {"cross_sell": {"orders": 1, "multi_category": float(len(categories) >= 2)}}
+    return {}
+
+
 def contributions(
     event_type: str, channel: str, touchpoint: str, at: float, score: int
 ) -> list[Contribution]:
-    """Contributions of one feedback event: to its (channel, touchpoint) and to overall."""
+    """Contributions of one feedback score: to its (channel, touchpoint) and overall."""
+    return _spread(score_counts(event_type, score), channel, touchpoint, at)
+
+
+def contributions_of(event: AnyEvent) -> list[Contribution]:
+    """Contributions of any event: to its (channel, touchpoint) and to overall."""
+    return _spread(
+        event_counts(event), event.channel, event.touchpoint, event.occurred_at.timestamp()
+    )
+
+
+def _spread(
+    by_kpi: dict[str, dict[str, float]], channel: str, touchpoint: str, at: float
+) -> list[Contribution]:
     out = []
-    for kpi, counts in score_counts(event_type, score).items():
+    for kpi, counts in by_kpi.items():
         items = tuple(sorted(counts.items()))
         out.append(Contribution(kpi, channel, touchpoint, at, items))
         out.append(Contribution(kpi, OVERALL, OVERALL, at, items))
@@ -67,19 +143,26 @@ def merge(into: dict[str, float], counts: Mapping[str, float]) -> dict[str, floa
     return into
 
 
+# kpi → (numerator counts added, numerator counts subtracted, denominator count, scale)
+_RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, float]] = {
+    "nps": (("promoters",), ("detractors",), "responses", 100.0),
+    "csat": (("satisfied",), (), "responses", 1.0),
+    "ces": (("score_sum",), (), "responses", 1.0),
+    "ces_easy_share": (("easy",), (), "responses", 1.0),
+    "isn": (("satisfied",), ("dissatisfied",), "responses", 100.0),
+    "comments_positive_share": (("positive",), (), "comments", 1.0),
+    "retention": (("retained",), (), "decisions", 1.0),
+    "cross_sell": (("multi_category",), (), "orders", 1.0),
+}
+
+
 def value_of(kpi: str, counts: Mapping[str, float]) -> tuple[float, float, float | None]:
     """(numerator, denominator, value) of a KPI from its summed counts."""
-    responses = counts.get("responses", 0.0)
-    if kpi == "nps":
-        numerator = counts.get("promoters", 0.0) - counts.get("detractors", 0.0)
-        scale = 100.0
-    elif kpi == "csat":
-        numerator, scale = counts.get("satisfied", 0.0), 1.0
-    elif kpi == "ces":
-        numerator, scale = counts.get("score_sum", 0.0), 1.0
-    elif kpi == "ces_easy_share":
-        numerator, scale = counts.get("easy", 0.0), 1.0
-    else:
+    ratio = _RATIOS.get(kpi.split(":", 1)[0])
+    if ratio is None:
         raise ValueError(f"unknown KPI {kpi!r}")
-    value = scale * numerator / responses if responses else None
-    return numerator, responses, value
+    plus, minus, denominator_name, scale = ratio
+    numerator = sum(counts.get(n, 0.0) for n in plus) - sum(counts.get(n, 0.0) for n in minus)
+    denominator = counts.get(denominator_name, 0.0)
+    value = scale * numerator / denominator if denominator else None
+    return numerator, denominator, value

@@ -134,3 +134,71 @@ def test_a_kafka_python_event_round_trips_through_aiokafka(
     assert dict(record.headers)["event_type"] == b"nps_response"
     body = json.loads(record.value)
     assert body["event_id"] == event["event_id"] and body["properties"]["score"] == 9
+
+
+def test_per_event_kpis_land_with_numerators_and_denominators(
+    broker: LocalBroker, make_settings: SettingsFactory, ch: Any
+) -> None:
+    from tests.samples import wire
+
+    settings = make_settings(broker.bootstrap_servers)
+    db = settings.clickhouse.database
+    at = "2026-11-02T10:15:00Z"
+    item = {"sku": "s", "category": "toys", "quantity": 1, "price": "2"}
+    events = [
+        wire("isn_response", occurred_at=at, properties={"attribute": "delivery", "score": 5}),
+        wire("isn_response", occurred_at=at, properties={"attribute": "delivery", "score": 1}),
+        wire("isn_response", occurred_at=at, properties={"attribute": "delivery", "score": 4}),
+        wire("comment", occurred_at=at, properties={"text": "great", "sentiment": "positive"}),
+        wire("comment", occurred_at=at, properties={"text": "meh", "score": 3}),
+        wire("cancellation_retained", occurred_at=at),
+        wire("subscription_cancelled", occurred_at=at),
+        wire("subscription_cancelled", occurred_at=at),
+        wire("order_placed", occurred_at=at),
+        wire(
+            "order_placed",
+            occurred_at=at,
+            properties={
+                **wire("order_placed")["properties"],
+                "items": [item, {**item, "category": "home"}],
+            },
+        ),
+    ]
+    want = {  # kpi → (numerator, denominator) in the overall daily window
+        "isn:delivery": (1.0, 3.0),
+        "comments_positive_share": (1.0, 2.0),
+        "retention": (1.0, 3.0),
+        "cross_sell": (1.0, 2.0),
+    }
+
+    async def scenario() -> None:
+        stack = Stack(settings)
+        await stack.start()
+        try:
+            with Emitter(stack.settings) as emitter:
+                for event in events:
+                    emitter.emit(event)
+            deadline = time.monotonic() + 60
+            while True:
+                stack.check()
+                rows = ch.query(
+                    f"SELECT kpi, numerator, denominator FROM {db}.kpi_touchpoint FINAL "
+                    "WHERE channel = 'all' AND window_size = 86400"
+                ).result_rows
+                got = {kpi: (n, d) for kpi, n, d in rows}
+                if all(got.get(k) == v for k, v in want.items()):
+                    break
+                assert time.monotonic() < deadline, f"KPIs not as expected: {got}"
+                await asyncio.sleep(0.5)
+            values = dict(
+                ch.query(
+                    f"SELECT kpi, value FROM {db}.kpi_touchpoint FINAL "
+                    "WHERE channel = 'all' AND window_size = 86400"
+                ).result_rows
+            )
+            assert round(values["isn:delivery"], 4) == round(100 * (2 - 1) / 3, 4)
+            assert values["retention"] == 1 / 3 and values["cross_sell"] == 0.5
+        finally:
+            await stack.stop()
+
+    asyncio.run(scenario())
