@@ -138,6 +138,9 @@ class Topics(BaseModel):
     kpi_contributions: str = Field(
         default="touchstream.kpi-contributions.v1", description="internal: KPI inputs by group"
     )
+    alert_events: str = Field(
+        default="touchstream.alert-events.v1", description="internal: raise/close by alert id"
+    )
 
 
 class ClickHouseSettings(BaseModel):
@@ -209,6 +212,12 @@ class StreamsSettings(BaseModel):
     daily_window: bool = Field(default=True, description="also keep 1-day (UTC) windows")
     kpi_emit_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="changed KPI windows are emitted this often"
+    )
+    alert_sla_s: float = Field(
+        default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
+    )
+    alert_check_interval_s: float = Field(
+        default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
     web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
     one_record_batches: bool | None = Field(

@@ -51,8 +51,11 @@ def _trigger(event: AnyEvent) -> tuple[AlertKind, int | None, str | None, str | 
     return None
 
 
-def raise_alert(event: AnyEvent, now: datetime, version: int) -> Alert | None:
-    """The alert this feedback raises, if any."""
+STATUS_VERSION = {"open": 1, "overdue": 2, "closed": 3}
+
+
+def raise_alert(event: AnyEvent, now: datetime) -> Alert | None:
+    """The alert this feedback raises, if any (status open, version 1)."""
     trigger = _trigger(event)
     if trigger is None:
         return None
@@ -71,53 +74,125 @@ def raise_alert(event: AnyEvent, now: datetime, version: int) -> Alert | None:
         text=text,
         occurred_at=event.occurred_at,
         raised_at=now,
-        version=version,
+        version=STATUS_VERSION["open"],
     )
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A case_closed read before its alert (kept until the alert arrives)."""
+
+    alert_id: str
+    closed_at: datetime
+    resolution: str
+
+    @classmethod
+    def of(cls, event: CaseClosed) -> Closing:
+        return cls(event.properties.alert_id, event.occurred_at, event.properties.resolution)
+
+
+# What is known of one alert id: nothing, an early closing, or the alert (any status).
+Slot = Alert | Closing | None
+
+
+def _close(alert: Alert, closing: Closing) -> Alert:
+    return alert.model_copy(
+        update={
+            "status": "closed",
+            "closed_at": closing.closed_at,
+            "resolution": closing.resolution,
+            "time_to_close_s": (closing.closed_at - alert.occurred_at).total_seconds(),
+            "version": STATUS_VERSION["closed"],
+        }
+    )
+
+
+def on_raised(slot: Slot, alert: Alert) -> tuple[Slot, Alert | None]:
+    """(new slot, alert to emit). A repeated raise (a replay) changes nothing."""
+    if slot is None:
+        return alert, alert
+    if isinstance(slot, Closing):
+        closed = _close(alert, slot)
+        return closed, closed
+    return slot, None
+
+
+def on_closed(slot: Slot, closing: Closing) -> tuple[Slot, Alert | None]:
+    if slot is None or isinstance(slot, Closing):
+        return closing, None
+    if slot.status == "closed":
+        return slot, None
+    closed = _close(slot, closing)
+    return closed, closed
+
+
+def on_tick(slot: Slot, now: datetime, sla_s: float) -> tuple[Slot, Alert | None]:
+    """Surface an open alert once it is past the SLA (by the clock: the customer
+    waits in real time)."""
+    if isinstance(slot, Alert) and slot.status == "open":
+        if (now - slot.occurred_at).total_seconds() > sla_s:
+            overdue = slot.model_copy(
+                update={"status": "overdue", "version": STATUS_VERSION["overdue"]}
+            )
+            return overdue, overdue
+    return slot, None
+
+
+def slot_to_json(slot: Slot) -> dict[str, object] | None:
+    """A slot as the JSON a changelogged table stores."""
+    if slot is None:
+        return None
+    if isinstance(slot, Closing):
+        return {
+            "closing": {
+                "alert_id": slot.alert_id,
+                "closed_at": slot.closed_at.isoformat(),
+                "resolution": slot.resolution,
+            }
+        }
+    return {"alert": slot.model_dump(mode="json")}
+
+
+def slot_from_json(data: dict[str, object] | None) -> Slot:
+    if not data:
+        return None
+    if "closing" in data:
+        closing = data["closing"]
+        assert isinstance(closing, dict)  # noqa: S101 - written by slot_to_json
+        return Closing(
+            str(closing["alert_id"]),
+            datetime.fromisoformat(str(closing["closed_at"])),
+            str(closing["resolution"]),
+        )
+    return Alert.model_validate(data["alert"])
 
 
 @dataclass
 class AlertBook:
-    """Alerts not closed yet, and closings that arrived before their alert."""
+    """Alert slots by id (a dict here; a changelogged table in the worker)."""
 
     sla_s: float
-    open: dict[str, Alert] = field(default_factory=dict)
-    early_closings: dict[str, CaseClosed] = field(default_factory=dict)
+    slots: dict[str, Slot] = field(default_factory=dict)
 
-    def add(self, alert: Alert, version: int) -> Alert | None:
-        """Track a raised alert; returns it closed if its case_closed came first."""
-        closing = self.early_closings.pop(alert.alert_id, None)
-        if closing is not None:
-            return self._closed(alert, closing, version)
-        self.open[alert.alert_id] = alert
-        return None
-
-    def close(self, event: CaseClosed, version: int) -> Alert | None:
-        """Apply a case_closed; returns the closed alert (None if its alert is unknown yet)."""
-        alert = self.open.pop(event.properties.alert_id, None)
-        if alert is None:
-            self.early_closings[event.properties.alert_id] = event
-            return None
-        return self._closed(alert, event, version)
-
-    @staticmethod
-    def _closed(alert: Alert, event: CaseClosed, version: int) -> Alert:
-        return alert.model_copy(
-            update={
-                "status": "closed",
-                "closed_at": event.occurred_at,
-                "resolution": event.properties.resolution,
-                "time_to_close_s": (event.occurred_at - alert.occurred_at).total_seconds(),
-                "version": version,
-            }
-        )
-
-    def overdue(self, now: datetime, version: int) -> list[Alert]:
-        """Open alerts past the SLA (by the clock: a customer waits in real time),
-        each returned once with status overdue."""
-        out = []
-        for alert_id, alert in self.open.items():
-            if alert.status == "open" and (now - alert.occurred_at).total_seconds() > self.sla_s:
-                overdue = alert.model_copy(update={"status": "overdue", "version": version})
-                self.open[alert_id] = overdue
-                out.append(overdue)
+    def add(self, alert: Alert) -> Alert | None:
+        self.slots[alert.alert_id], out = on_raised(self.slots.get(alert.alert_id), alert)
         return out
+
+    def close(self, event: CaseClosed) -> Alert | None:
+        closing = Closing.of(event)
+        self.slots[closing.alert_id], out = on_closed(self.slots.get(closing.alert_id), closing)
+        return out
+
+    def overdue(self, now: datetime) -> list[Alert]:
+        out = []
+        for alert_id, slot in list(self.slots.items()):
+            self.slots[alert_id], emitted = on_tick(slot, now, self.sla_s)
+            if emitted is not None:
+                out.append(emitted)
+        return out
+
+    @property
+    def open(self) -> dict[str, Alert]:
+        return {
+            k: v for k, v in self.slots.items() if isinstance(v, Alert) and v.status != "closed"
+        }

@@ -19,15 +19,26 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
 
-from touchstream.schemas.events import utcnow
+from touchstream.schemas.events import CaseClosed, utcnow
+from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
 from touchstream.streams.aggregate import Dirty, KpiAggregator
+from touchstream.streams.alerts import (
+    Closing,
+    on_closed,
+    on_raised,
+    on_tick,
+    raise_alert,
+    slot_from_json,
+    slot_to_json,
+)
 from touchstream.streams.ingest import RawMessage, ingest
 from touchstream.streams.kpis import Contribution
 
@@ -115,9 +126,18 @@ def create_app(
     dead_letters_out = raw_topic(settings.topic("dead_letters"))
     kpis_out = raw_topic(settings.topic("kpis"))
     contributions_topic = raw_topic(settings.topic("kpi_contributions"))
+    alert_events = raw_topic(settings.topic("alert_events"))
+    alerts_out = raw_topic(settings.topic("alerts"))
 
     buckets = app.Table(
         "kpi-buckets",
+        default=None,
+        partitions=kafka.partitions,
+        key_type=str,
+        value_type=dict,
+    )
+    alert_slots = app.Table(
+        "alert-slots",
         default=None,
         partitions=kafka.partitions,
         key_type=str,
@@ -150,7 +170,8 @@ def create_app(
             ]
             for message in messages:
                 metrics.messages_in.labels(message.topic).inc()
-            result = ingest(messages, utcnow(), streams.max_event_bytes)
+            now = utcnow()
+            result = ingest(messages, now, streams.max_event_bytes)
             for event in result.events:
                 await events_out.send(
                     key=event.identity.encode(),
@@ -160,6 +181,18 @@ def create_app(
             for key, dead_letter in result.dead_letters:
                 await dead_letters_out.send(key=key, value=dead_letter.model_dump_json().encode())
                 metrics.dead_letters.labels(dead_letter.reason).inc()
+            for event in result.events:
+                alert = raise_alert(event, now)
+                if alert is not None:
+                    await alert_events.send(
+                        key=alert.alert_id.encode(),
+                        value=json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
+                    )
+                elif isinstance(event, CaseClosed):
+                    await alert_events.send(
+                        key=event.properties.alert_id.encode(),
+                        value=json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
+                    )
             for contribution in result.contributions:
                 await contributions_topic.send(
                     key=contribution.group.encode(),
@@ -182,6 +215,52 @@ def create_app(
                 kpi, channel, touchpoint, float(body["at"]), tuple(body["counts"].items())
             )
             dirty.update(aggregator.add(contribution))
+
+    async def emit_alert(alert: Any) -> None:
+        await alerts_out.send(key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
+        metrics.alerts.labels(alert.status, alert.kind).inc()
+        if alert.status == "closed" and alert.time_to_close_s is not None:
+            metrics.alert_time_to_close.observe(max(0.0, alert.time_to_close_s))
+
+    @app.agent(alert_events, name="touchstream.alerts")
+    async def alert_agent(stream: faust.StreamT) -> None:
+        # One at a time, for the same reason as the KPI agent; alerts are few.
+        async for event in stream.events():
+            alert_id = event.key.decode()
+            body = json.loads(event.value)
+            slot = slot_from_json(alert_slots.get(alert_id))
+            if "raised" in body:
+                slot, emitted = on_raised(slot, Alert.model_validate(body["raised"]))
+            elif "closed" in body:
+                closing = slot_from_json(body["closed"])
+                assert isinstance(closing, Closing)  # noqa: S101 - written by ingest
+                slot, emitted = on_closed(slot, closing)
+            else:
+                tick = datetime.fromisoformat(body["tick"])
+                slot, emitted = on_tick(slot, tick, streams.alert_sla_s)
+            alert_slots[alert_id] = slot_to_json(slot)
+            if emitted is not None:
+                await emit_alert(emitted)
+
+    @app.timer(streams.alert_check_interval_s, name="touchstream.alert_sla")
+    async def check_alert_sla() -> None:
+        # A table is written only while its stream iterates (Faust logs the write to
+        # the partition of the message at hand), so overdue alerts get a tick
+        # message through the alerts agent rather than a write from here.
+        now = utcnow()
+        open_count = past_sla = 0
+        for alert_id, stored in list(alert_slots.items()):
+            slot = slot_from_json(stored)
+            if not isinstance(slot, Alert) or slot.status == "closed":
+                continue
+            open_count += 1
+            past_sla += slot.status == "overdue"
+            if on_tick(slot, now, streams.alert_sla_s)[1] is not None:
+                await alert_events.send(
+                    key=alert_id.encode(), value=json.dumps({"tick": now.isoformat()}).encode()
+                )
+        metrics.alerts_open.set(open_count)
+        metrics.alerts_past_sla.set(past_sla)
 
     @buckets.on_recover
     async def recovered() -> None:

@@ -20,6 +20,10 @@ class WorkerMetrics:
     kpi_updates: Counter
     agent_crashes: Counter
     up: Gauge
+    alerts: Counter
+    alerts_open: Gauge
+    alerts_past_sla: Gauge
+    alert_time_to_close: Histogram
 
 
 def create(registry: CollectorRegistry, namespace: str = "touchstream") -> WorkerMetrics:
@@ -47,4 +51,24 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         kpi_updates=counter("worker_kpi_updates", "KPI window updates emitted", ["kpi"]),
         agent_crashes=counter("worker_agent_crashes", "Agents that stopped on an error", ["agent"]),
         up=Gauge("worker_up", "1 while every agent runs", namespace=namespace, registry=registry),
+        alerts=counter("alerts", "Closed-loop alert records emitted", ["status", "kind"]),
+        alerts_open=Gauge(
+            "alerts_open",
+            "Alerts open (incl. overdue) in this worker's partitions",
+            namespace=namespace,
+            registry=registry,
+        ),
+        alerts_past_sla=Gauge(
+            "alerts_past_sla",
+            "Alerts open past the SLA in this worker's partitions",
+            namespace=namespace,
+            registry=registry,
+        ),
+        alert_time_to_close=Histogram(
+            "alert_time_to_close_seconds",
+            "From the feedback to its case_closed (event time)",
+            namespace=namespace,
+            registry=registry,
+            buckets=(300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400, 172_800),
+        ),
     )

@@ -99,7 +99,8 @@ def test_demo_ends_with_kpis_and_events_in_the_data_dir(tmp_path: Path) -> None:
     assert int(before.stdout.strip().splitlines()[-1]) > 0
     erased = run(["erase", "--customer", who, "--yes"], env)
     assert erased.returncode == 0, erased.stderr
-    assert f"erased {before.stdout.strip().splitlines()[-1]} row(s) of {who}" in erased.stdout
+    assert f"events: {before.stdout.strip().splitlines()[-1]} row(s) deleted" in erased.stdout
+    assert f"row(s) of {who}" in erased.stdout
     after = run(
         [
             "query",

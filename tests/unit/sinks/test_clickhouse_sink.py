@@ -181,11 +181,11 @@ def test_alert_updates_keep_the_latest_status(ch: Any, database: str) -> None:
 
     feedback = parse_object(wire("nps_response", properties={"score": 2, "comment": "late"}))
     assert not isinstance(feedback, type(None))
-    raised = raise_alert(feedback, NOW, 1)  # type: ignore[arg-type]
+    raised = raise_alert(feedback, NOW)  # type: ignore[arg-type]
     assert raised is not None
     book = AlertBook(sla_s=3600)
-    book.add(raised, 1)
-    [overdue] = book.overdue(NOW + timedelta(days=2), 2)
+    book.add(raised)
+    [overdue] = book.overdue(NOW + timedelta(days=2))
     sink = make_sink(ch, database, CollectorRegistry())
     for offset, alert in enumerate([raised, overdue]):
         sink.add(SourceRecord("al", 0, offset, None, alert.model_dump_json().encode()))

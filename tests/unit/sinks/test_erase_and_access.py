@@ -45,7 +45,7 @@ def test_erase_removes_a_customer_and_their_anonymous_past(ch: Any) -> None:
         sink.add(
             SourceRecord("ev", 0, offset, None, event.model_dump_json(exclude_none=True).encode())
         )
-        alert = raise_alert(event, NOW, 1)
+        alert = raise_alert(event, NOW)
         if alert is not None:
             sink.add(SourceRecord("al", 0, offset, None, alert.model_dump_json().encode()))
         offset += 1

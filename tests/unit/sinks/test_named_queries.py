@@ -76,11 +76,11 @@ def world(ch: Any) -> dict[str, Any]:
     book = AlertBook(sla_s=86_400)
     alerts = []
     for event in events:
-        alert = raise_alert(event, NOW, 1)
+        alert = raise_alert(event, NOW)
         if alert is not None:
             alerts.append(alert)
             send("al", alert.model_dump_json().encode())
-            book.add(alert, 1)
+            book.add(alert)
     closed = []
     for n, alert in enumerate(alerts[::2]):
         closing = parse_object(
@@ -95,7 +95,7 @@ def world(ch: Any) -> dict[str, Any]:
             }
         )
         assert isinstance(closing, CaseClosed)
-        done = book.close(closing, 2)
+        done = book.close(closing)
         assert done is not None
         closed.append(done)
         send("al", done.model_dump_json().encode())

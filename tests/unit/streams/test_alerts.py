@@ -38,13 +38,13 @@ def event(event_type: str, **properties: object) -> AnyEvent:
     ],
 )
 def test_what_raises_an_alert(event_type: str, properties: dict, kind: str | None) -> None:
-    alert = raise_alert(event(event_type, **properties), NOW, 1)
+    alert = raise_alert(event(event_type, **properties), NOW)
     assert (alert.kind if alert else None) == kind
 
 
 def test_an_alert_carries_customer_touchpoint_order_score_and_text() -> None:
     feedback = event("nps_response", score=3, comment="late again", order_id="ord-9")
-    alert = raise_alert(feedback, NOW, 1)
+    alert = raise_alert(feedback, NOW)
     assert alert is not None
     assert alert.alert_id == alert_id_for(feedback.event_id)  # replay → same alert
     assert (alert.customer_id, alert.touchpoint, alert.order_id) == ("c-1", "checkout", "ord-9")
@@ -59,31 +59,43 @@ def closing(alert_id: str, at: datetime) -> CaseClosed:
 
 def test_case_closed_closes_and_measures_time_to_close() -> None:
     book = AlertBook(sla_s=86_400)
-    alert = raise_alert(event("csat_response", score=1), NOW, 1)
-    assert alert is not None and book.add(alert, 1) is None
-    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=3)), 2)
-    assert closed is not None and closed.status == "closed"
+    alert = raise_alert(event("csat_response", score=1), NOW)
+    assert alert is not None and book.add(alert) == alert  # emitted as open
+    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=3)))
+    assert closed is not None and closed.status == "closed" and closed.version == 3
     assert closed.time_to_close_s == 3 * 3600 and closed.resolution == "called back"
     assert book.open == {}
 
 
+def test_replays_change_nothing() -> None:
+    book = AlertBook(sla_s=86_400)
+    alert = raise_alert(event("nps_response", score=0), NOW)
+    assert alert is not None
+    book.add(alert)
+    assert book.add(alert) is None  # raised again (a replay): nothing new
+    done = closing(alert.alert_id, alert.occurred_at + timedelta(minutes=1))
+    assert book.close(done) is not None
+    assert book.close(done) is None
+    assert book.add(alert) is None  # a replayed raise never reopens a closed alert
+
+
 def test_a_closing_read_before_its_alert_still_closes_it() -> None:
     book = AlertBook(sla_s=86_400)
-    alert = raise_alert(event("ces_response", score=1), NOW, 1)
+    alert = raise_alert(event("ces_response", score=1), NOW)
     assert alert is not None
-    assert book.close(closing(alert.alert_id, alert.occurred_at + timedelta(minutes=5)), 2) is None
-    closed = book.add(alert, 3)
-    assert closed is not None and closed.time_to_close_s == 300
+    assert book.close(closing(alert.alert_id, alert.occurred_at + timedelta(minutes=5))) is None
+    closed = book.add(alert)
+    assert closed is not None and closed.status == "closed" and closed.time_to_close_s == 300
 
 
 def test_open_past_the_sla_is_surfaced_once() -> None:
     book = AlertBook(sla_s=86_400)
-    alert = raise_alert(event("nps_response", score=2), NOW, 1)
+    alert = raise_alert(event("nps_response", score=2), NOW)
     assert alert is not None
-    book.add(alert, 1)
-    assert book.overdue(alert.occurred_at + timedelta(hours=24), 2) == []
-    [late] = book.overdue(alert.occurred_at + timedelta(hours=24, seconds=1), 3)
-    assert late.status == "overdue" and late.version == 3
-    assert book.overdue(alert.occurred_at + timedelta(hours=30), 4) == []
-    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=30)), 5)
-    assert closed is not None and closed.status == "closed"
+    book.add(alert)
+    assert book.overdue(alert.occurred_at + timedelta(hours=24)) == []
+    [late] = book.overdue(alert.occurred_at + timedelta(hours=24, seconds=1))
+    assert late.status == "overdue" and late.version == 2
+    assert book.overdue(alert.occurred_at + timedelta(hours=30)) == []
+    closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=30)))
+    assert closed is not None and closed.status == "closed" and closed.version == 3
