@@ -81,9 +81,11 @@ def produce(settings: Settings, config: SimulationConfig, console: Console) -> P
     return Produced(len(simulated), len(bad), responses, dict(by_type))
 
 
-def landed(client: Any, database: str, since: datetime) -> tuple[int, int, dict[str, int]]:
-    """(distinct events, dead letters, overall responses per KPI in the daily windows
-    written since ``since``) now in ClickHouse."""
+def landed(
+    client: Any, database: str, since: datetime
+) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    """(distinct events, dead letters, and per KPI the denominators of the daily
+    windows written since ``since``: overall, and summed over (channel, touchpoint))."""
     bind = {"db": database}
     events = client.query(
         "SELECT uniqExact(event_id) FROM {db:Identifier}.events", parameters=bind
@@ -92,12 +94,14 @@ def landed(client: Any, database: str, since: datetime) -> tuple[int, int, dict[
         "SELECT count() FROM {db:Identifier}.dead_letters FINAL", parameters=bind
     ).result_rows[0][0]
     rows = client.query(
-        "SELECT kpi, sum(denominator) FROM {db:Identifier}.kpi_touchpoint FINAL "
-        "WHERE channel = 'all' AND touchpoint = 'all' AND window_size = 86400 "
-        "AND updated_at >= {since:DateTime64(3, 'UTC')} GROUP BY kpi",
+        "SELECT kpi, channel = 'all', sum(denominator) FROM {db:Identifier}.kpi_touchpoint FINAL "
+        "WHERE window_size = 86400 AND updated_at >= {since:DateTime64(3, 'UTC')} "
+        "GROUP BY kpi, channel = 'all'",
         parameters={**bind, "since": since},
     ).result_rows
-    return int(events), int(dead), {str(k): int(v) for k, v in rows}
+    overall = {str(k): int(v) for k, is_all, v in rows if is_all}
+    by_group = {str(k): int(v) for k, is_all, v in rows if not is_all}
+    return int(events), int(dead), overall, by_group
 
 
 async def wait_drained(
@@ -121,13 +125,25 @@ async def wait_drained(
     want_events = baseline[0] + produced.events
     want_dead = baseline[1] + produced.malformed
     check_kpis = stack.broker is not None
+    # Abandonment has no expected count here (decisions wait for event time), so
+    # it counts as settled once overall and per touchpoint agree and hold for 3 s.
+    settled: tuple[int, float] = (-1, time.monotonic())
     try:
         with console.status("waiting for the pipeline to drain into ClickHouse") as status:
             while True:
                 stack.check()
-                events, dead, responses = await asyncio.to_thread(landed, client, database, since)
-                kpis_done = not check_kpis or all(
-                    responses.get(k, 0) == n for k, n in produced.responses.items()
+                events, dead, responses, by_group = await asyncio.to_thread(
+                    landed, client, database, since
+                )
+                # Every response counted overall and per touchpoint, and the
+                # abandonment decided so far agreeing between the two.
+                decided = responses.get("checkout_abandonment", 0)
+                if decided != settled[0] or decided != by_group.get("checkout_abandonment", 0):
+                    settled = (decided, time.monotonic())
+                kpis_done = not check_kpis or (
+                    all(responses.get(k, 0) == n for k, n in produced.responses.items())
+                    and all(by_group.get(k, 0) == n for k, n in produced.responses.items())
+                    and time.monotonic() - settled[1] >= 3
                 )
                 status.update(
                     f"in ClickHouse: {events - baseline[0]}/{produced.events} events, "
@@ -155,7 +171,10 @@ SELECT touchpoint,
        sumIf(numerator, kpi = 'csat') / nullIf(sumIf(denominator, kpi = 'csat'), 0) AS csat,
        sumIf(denominator, kpi = 'csat') AS csat_n,
        sumIf(numerator, kpi = 'ces') / nullIf(sumIf(denominator, kpi = 'ces'), 0) AS ces,
-       sumIf(denominator, kpi = 'ces') AS ces_n
+       sumIf(denominator, kpi = 'ces') AS ces_n,
+       sumIf(numerator, kpi = 'checkout_abandonment')
+         / nullIf(sumIf(denominator, kpi = 'checkout_abandonment'), 0) AS abandonment,
+       sumIf(denominator, kpi = 'checkout_abandonment') AS abandonment_n
 FROM {db:Identifier}.kpi_touchpoint FINAL
 WHERE window_size = 86400 AND (channel != 'all' OR touchpoint = 'all')
 GROUP BY touchpoint
@@ -165,13 +184,13 @@ ORDER BY touchpoint = 'all', touchpoint
 
 def kpi_table(client: Any, database: str) -> Table:
     table = Table(title="CX KPIs per touchpoint (daily windows, all channels)")
-    for name in ("touchpoint", "NPS", "n", "CSAT", "n", "CES (1-7)", "n"):
+    for name in ("touchpoint", "NPS", "n", "CSAT", "n", "CES (1-7)", "n", "checkout lost", "n"):
         table.add_column(name, justify="left" if name == "touchpoint" else "right")
 
     def fmt(value: Any, pattern: str) -> str:
         return "–" if value is None else pattern.format(value)
 
-    for tp, nps, nps_n, csat, csat_n, ces, ces_n in client.query(
+    for tp, nps, nps_n, csat, csat_n, ces, ces_n, lost, lost_n in client.query(
         KPI_SQL, parameters={"db": database}
     ).result_rows:
         table.add_row(
@@ -182,6 +201,8 @@ def kpi_table(client: Any, database: str) -> Table:
             str(int(csat_n)),
             fmt(ces, "{:.2f}"),
             str(int(ces_n)),
+            fmt(lost, "{:.1%}"),
+            str(int(lost_n)),
         )
     return table
 
@@ -208,7 +229,7 @@ async def run_demo(settings: Settings, config: SimulationConfig, console: Consol
         await stack.start()
         client = await asyncio.to_thread(connect, stack.settings)
         try:
-            events, dead, _ = await asyncio.to_thread(
+            events, dead, _, _ = await asyncio.to_thread(
                 landed, client, stack.settings.clickhouse.database, since
             )
         finally:

@@ -141,6 +141,10 @@ class Topics(BaseModel):
     alert_events: str = Field(
         default="touchstream.alert-events.v1", description="internal: raise/close by alert id"
     )
+    outcome_events: str = Field(
+        default="touchstream.outcome-events.v1",
+        description="internal: checkout/cart steps by entity id",
+    )
 
 
 class ClickHouseSettings(BaseModel):
@@ -212,6 +216,12 @@ class StreamsSettings(BaseModel):
     daily_window: bool = Field(default=True, description="also keep 1-day (UTC) windows")
     kpi_emit_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="changed KPI windows are emitted this often"
+    )
+    abandonment_timeout_s: float = Field(
+        default=1800, gt=0, description="a checkout/cart not completed within this is abandoned"
+    )
+    allowed_lateness_s: float = Field(
+        default=600, ge=0, description="abandonment waits this long for out-of-order events"
     )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,16 @@ from touchstream.streams.alerts import (
 )
 from touchstream.streams.ingest import RawMessage, ingest
 from touchstream.streams.kpis import Contribution
+from touchstream.streams.outcomes import (
+    KINDS,
+    Op,
+    OutcomeTracker,
+    PartitionStore,
+    apply,
+    combined_watermark,
+    decision_contributions,
+    ops_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +139,7 @@ def create_app(
     contributions_topic = raw_topic(settings.topic("kpi_contributions"))
     alert_events = raw_topic(settings.topic("alert_events"))
     alerts_out = raw_topic(settings.topic("alerts"))
+    outcome_events = raw_topic(settings.topic("outcome_events"))
 
     buckets = app.Table(
         "kpi-buckets",
@@ -143,6 +155,31 @@ def create_app(
         key_type=str,
         value_type=dict,
     )
+    outcome_tables = {
+        kind: app.Table(
+            f"outcome-{kind}",
+            default=None,
+            partitions=kafka.partitions,
+            key_type=str,
+            value_type=dict,
+        )
+        for kind in KINDS
+    }
+    outcome_marks = app.Table(
+        "outcome-marks", default=None, partitions=kafka.partitions, key_type=str, value_type=dict
+    )
+    trackers: dict[tuple[str, int], OutcomeTracker] = {}
+
+    def tracker(kind: str, partition: int) -> OutcomeTracker:
+        found = trackers.get((kind, partition))
+        if found is None:
+            store = PartitionStore(outcome_tables[kind], partition)
+            found = trackers[(kind, partition)] = OutcomeTracker(
+                streams.abandonment_timeout_s, store=store
+            )
+            found.rebuild()
+        return found
+
     aggregator = KpiAggregator(
         buckets, streams.window_size_s, streams.window_step_s, streams.daily_window
     )
@@ -155,6 +192,33 @@ def create_app(
         on_crash(EXIT_AGENT_CRASHED)
 
     app.crash_handler = crashed
+
+    async def send_contribution(contribution: Contribution) -> None:
+        await contributions_topic.send(
+            key=contribution.group.encode(),
+            value=json.dumps({"at": contribution.at, "counts": dict(contribution.counts)}).encode(),
+        )
+
+    progress: dict[str, float] = {}  # raw source → latest event time read from it
+    positions: dict[str, int] = {}  # raw source → next offset to read
+    outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
+
+    async def report_progress() -> None:
+        """Tell every outcome partition how far each raw source this worker reads has
+        got in event time, or that it is idle (empty and fully read)."""
+        report: dict[str, dict[str, Any]] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic not in outcome_topics:
+                continue
+            source = f"{tp.topic}:{tp.partition}"
+            highwater = app.consumer.highwater(tp)
+            idle = highwater is not None and positions.get(source, 0) >= highwater
+            if idle or source in progress:
+                report[source] = {"at": progress.get(source), "idle": idle}
+        if report:
+            body = json.dumps({"marks": report}).encode()
+            for partition in range(kafka.partitions):
+                await outcome_events.send(value=body, partition=partition)
 
     @app.agent(raw_in, name="touchstream.ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
@@ -193,14 +257,23 @@ def create_app(
                         key=event.properties.alert_id.encode(),
                         value=json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     )
+            for event in result.events:
+                for op in ops_of(event):
+                    await outcome_events.send(
+                        key=f"{op.kind}|{op.entity_id}".encode(),
+                        value=json.dumps(asdict(op)).encode(),
+                    )
             for contribution in result.contributions:
-                await contributions_topic.send(
-                    key=contribution.group.encode(),
-                    value=json.dumps(
-                        {"at": contribution.at, "counts": dict(contribution.counts)}
-                    ).encode(),
-                )
+                await send_contribution(contribution)
             await app.producer.flush()
+            # Progress is reported only for what has been handed over above, so a
+            # report never overtakes the ops of its own batch.
+            for message in messages:
+                positions[f"{message.topic}:{message.partition}"] = message.offset + 1
+            for event, source in zip(result.events, result.sources, strict=True):
+                if source.split(":")[0] in outcome_topics:
+                    at = event.occurred_at.timestamp()
+                    progress[source] = max(progress.get(source, at), at)
             metrics.batch_size.observe(len(messages))
             metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -215,6 +288,42 @@ def create_app(
                 kpi, channel, touchpoint, float(body["at"]), tuple(body["counts"].items())
             )
             dirty.update(aggregator.add(contribution))
+
+    outcome_sources = [
+        f"{topic}:{partition}"
+        for topic in (settings.topic("clickstream"), settings.topic("orders"))
+        for partition in range(kafka.partitions)
+    ]
+
+    @app.agent(outcome_events, name="touchstream.outcomes")
+    async def outcome_agent(stream: faust.StreamT) -> None:
+        # One at a time: decisions write the tables for the partition at hand.
+        async for event in stream.events():
+            partition = event.message.partition
+            body = json.loads(event.value)
+            if "marks" in body:
+                for source, mark in body["marks"].items():
+                    outcome_marks[f"{partition}|{source}"] = mark
+            else:
+                apply(tracker(body["kind"], partition), Op(**body))
+            watermark = combined_watermark(
+                [outcome_marks.get(f"{partition}|{source}") for source in outcome_sources]
+            )
+            if watermark is None:
+                continue
+            for kind in KINDS:
+                decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
+                for decision in decisions:
+                    for contribution in decision_contributions(kind, decision):
+                        await send_contribution(contribution)
+
+    for kind, table in outcome_tables.items():
+
+        @table.on_recover
+        async def outcomes_recovered(kind: str = kind) -> None:
+            for (tracked_kind, _), found in trackers.items():
+                if tracked_kind == kind:
+                    found.rebuild()
 
     async def emit_alert(alert: Any) -> None:
         await alerts_out.send(key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
@@ -241,6 +350,10 @@ def create_app(
             alert_slots[alert_id] = slot_to_json(slot)
             if emitted is not None:
                 await emit_alert(emitted)
+
+    @app.timer(1.0, name="touchstream.outcome_progress")
+    async def outcome_progress() -> None:
+        await report_progress()
 
     @app.timer(streams.alert_check_interval_s, name="touchstream.alert_sla")
     async def check_alert_sla() -> None:

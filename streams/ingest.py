@@ -25,6 +25,7 @@ class IngestResult:
     """What a batch of raw messages became. Every input is in exactly one list."""
 
     events: list[AnyEvent] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # "topic:partition" of each event
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     contributions: list[Contribution] = field(default_factory=list)
     by_reason: Counter[str] = field(default_factory=Counter)
@@ -59,5 +60,6 @@ def ingest(batch: list[RawMessage], received_at: datetime, max_bytes: int) -> In
             continue
         event = parsed.model_copy(update={"received_at": received_at})
         result.events.append(event)
+        result.sources.append(f"{message.topic}:{message.partition}")
         result.contributions.extend(contributions_of(event))
     return result

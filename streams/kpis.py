@@ -17,6 +17,8 @@ the windows is needed):
 A comment is positive by its sentiment label; without one, by its optional 1-5
 score (>= 4 positive, 3 neutral, <= 2 negative); with neither, it is counted and
 not positive. Abandonment and churn need per-entity state (streams/outcomes.py).
+Abandonment (checkout_abandonment, cart_abandonment: decided, abandoned; value
+abandoned / decided) is decided by streams/outcomes.py and counted here too.
 Every value carries its numerator and denominator (PRODUCT.md).
 """
 
@@ -153,6 +155,8 @@ _RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, float]] = {
     "comments_positive_share": (("positive",), (), "comments", 1.0),
     "retention": (("retained",), (), "decisions", 1.0),
     "cross_sell": (("multi_category",), (), "orders", 1.0),
+    "checkout_abandonment": (("abandoned",), (), "decided", 1.0),
+    "cart_abandonment": (("abandoned",), (), "decided", 1.0),
 }
 
 

@@ -4,7 +4,9 @@ touchpoints, and is either completed within a timeout or abandoned.
 PRODUCT.md, checkout abandonment: a checkout started with no order_placed for it
 within the timeout (event time) is abandoned; each *decided* checkout counts
 once, in the windows containing its start, under the channel of its start and
-the touchpoint of its last start/step event before the outcome.
+the touchpoint of its last start/step event before the outcome. Carts likewise:
+started by their first add_to_cart, moved by add/remove, completed by a
+checkout_started with their cart_id.
 
 Decisions wait for the watermark, so out-of-order input within the allowed
 lateness cannot change them afterwards:
@@ -12,14 +14,106 @@ lateness cannot change them afterwards:
   watermark has reached t;
 - abandoned when the watermark has reached start + timeout without such a
   completion (a completion after the timeout does not save it).
-The outcome touchpoint is the last touchpoint at or before the outcome time
-(t, or start + timeout).
+The outcome touchpoint is the last touchpoint at or before the outcome time.
+
+State lives in any mutable mapping of JSON-able dicts (a dict in tests, a
+changelogged Faust table in the worker); a heap of decision times, rebuilt from
+the mapping after a restart, avoids scanning every open entity.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from touchstream.schemas.events import (
+    AddToCart,
+    AnyEvent,
+    CheckoutStarted,
+    CheckoutStep,
+    OrderPlaced,
+    RemoveFromCart,
+)
+from touchstream.streams.kpis import OVERALL, Contribution
+
+Entity = dict[str, Any]  # started_at, channel, completed_at, touches, first_seen, decided_at
+
+KINDS = {"checkout": "checkout_abandonment", "cart": "cart_abandonment"}
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One step of an entity's life, derived from an event."""
+
+    kind: str  # checkout or cart
+    entity_id: str
+    action: str  # start, touch or complete
+    at: float
+    channel: str = ""
+    touchpoint: str = ""
+
+
+def ops_of(event: AnyEvent) -> list[Op]:
+    """What an event does to the checkouts and carts it names."""
+    at = event.occurred_at.timestamp()
+    ch, tp = event.channel, event.touchpoint
+    if isinstance(event, CheckoutStarted):
+        p = event.properties
+        return [
+            Op("checkout", p.checkout_id, "start", at, ch, tp),
+            Op("cart", p.cart_id, "complete", at),
+        ]
+    if isinstance(event, CheckoutStep):
+        return [Op("checkout", event.properties.checkout_id, "touch", at, ch, tp)]
+    if isinstance(event, OrderPlaced) and event.properties.checkout_id:
+        return [Op("checkout", event.properties.checkout_id, "complete", at)]
+    if isinstance(event, AddToCart):
+        return [Op("cart", event.properties.cart_id, "start", at, ch, tp)]
+    if isinstance(event, RemoveFromCart):
+        return [Op("cart", event.properties.cart_id, "touch", at, ch, tp)]
+    return []
+
+
+def combined_watermark(marks: list[dict[str, Any] | None]) -> float | None:
+    """Event-time progress of a stream fed by several sources, from each source's
+    report ``{"at": latest event time or None, "idle": nothing pending}``.
+
+    The slowest active source bounds it (a source not heard from yet blocks it);
+    idle sources are left out, as in Flink's idleness, so an empty partition does
+    not hold everything back; when every source is idle, it is the latest time
+    any source reached (a quiet night does not abandon checkouts still open).
+    """
+    if any(mark is None for mark in marks):
+        return None
+    known = [m for m in marks if m is not None]
+    active = [float(m["at"]) for m in known if not m["idle"] and m["at"] is not None]
+    if active:
+        return min(active)
+    reached = [float(m["at"]) for m in known if m["at"] is not None]
+    return max(reached) if reached else None
+
+
+def apply(tracker: OutcomeTracker, op: Op) -> None:
+    if op.action == "start":
+        tracker.start(op.entity_id, op.channel, op.touchpoint, op.at)
+    elif op.action == "touch":
+        tracker.touch(op.entity_id, op.touchpoint, op.at)
+    else:
+        tracker.complete(op.entity_id, op.at)
+
+
+def decision_contributions(kind: str, decision: Decision) -> list[Contribution]:
+    """A decided entity counts once, at its start, under its start channel and
+    outcome touchpoint, and overall."""
+    counts = (("abandoned", float(decision.abandoned)), ("decided", 1.0))
+    kpi = KINDS[kind]
+    return [
+        Contribution(kpi, decision.channel, decision.touchpoint, decision.started_at, counts),
+        Contribution(kpi, OVERALL, OVERALL, decision.started_at, counts),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,80 +125,137 @@ class Decision:
     abandoned: bool
 
 
-@dataclass(slots=True)
-class _Entity:
-    started_at: float | None = None
-    channel: str = ""
-    completed_at: float | None = None
-    # (event time, touchpoint) of the start and progress events, sorted by time.
-    touches: list[tuple[float, str]] = field(default_factory=list)
-    first_seen: float = 0.0
-
-
 @dataclass
 class OutcomeTracker:
     timeout_s: float
-    _open: dict[str, _Entity] = field(default_factory=dict)
-    _decided: dict[str, float] = field(default_factory=dict)
+    store: MutableMapping[str, Entity] = field(default_factory=dict)
+    _due: list[tuple[float, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self._open)
+        return sum(1 for e in self.store.values() if e.get("decided_at") is None)
 
-    def _entity(self, entity_id: str, at: float) -> _Entity | None:
-        if entity_id in self._decided:
-            return None  # stragglers of a decided entity change nothing
-        entity = self._open.get(entity_id)
+    def rebuild(self) -> None:
+        """After a restart: reschedule every open entity of the store."""
+        self._due = []
+        for entity_id, entity in self.store.items():
+            self._schedule(entity_id, entity)
+
+    def _entity(self, entity_id: str, at: float) -> Entity | None:
+        entity = self.store.get(entity_id)
         if entity is None:
-            entity = self._open[entity_id] = _Entity(first_seen=at)
-        return entity
+            return {"first_seen": at, "touches": []}
+        if entity.get("decided_at") is not None:
+            return None  # stragglers of a decided entity change nothing
+        return {**entity, "touches": list(entity["touches"])}
+
+    def _save(self, entity_id: str, entity: Entity) -> None:
+        self.store[entity_id] = entity  # a fresh dict: tables log assignments
+        self._schedule(entity_id, entity)
+
+    def _schedule(self, entity_id: str, entity: Entity) -> None:
+        if entity.get("decided_at") is not None:
+            return
+        start = entity.get("started_at")
+        if start is None:
+            heapq.heappush(self._due, (entity["first_seen"] + self.timeout_s, entity_id))
+            return
+        deadline = start + self.timeout_s
+        done = entity.get("completed_at")
+        due = done if done is not None and done <= deadline else deadline
+        heapq.heappush(self._due, (due, entity_id))
 
     def start(self, entity_id: str, channel: str, touchpoint: str, at: float) -> None:
         entity = self._entity(entity_id, at)
         if entity is None:
             return
-        if entity.started_at is None or at < entity.started_at:
-            entity.started_at = at
-            entity.channel = channel
-        bisect.insort(entity.touches, (at, touchpoint))
+        if entity.get("started_at") is None or at < entity["started_at"]:
+            entity["started_at"] = at
+            entity["channel"] = channel
+        bisect.insort(entity["touches"], [at, touchpoint])
+        self._save(entity_id, entity)
 
     def touch(self, entity_id: str, touchpoint: str, at: float) -> None:
         entity = self._entity(entity_id, at)
         if entity is not None:
-            bisect.insort(entity.touches, (at, touchpoint))
+            bisect.insort(entity["touches"], [at, touchpoint])
+            self._save(entity_id, entity)
 
     def complete(self, entity_id: str, at: float) -> None:
         entity = self._entity(entity_id, at)
-        if entity is not None and (entity.completed_at is None or at < entity.completed_at):
-            entity.completed_at = at
+        if entity is not None and (
+            entity.get("completed_at") is None or at < entity["completed_at"]
+        ):
+            entity["completed_at"] = at
+            self._save(entity_id, entity)
 
     def decide(self, watermark: float) -> list[Decision]:
         """Entities whose outcome the watermark settles now (each returned once)."""
         decided = []
-        for entity_id, entity in list(self._open.items()):
-            start = entity.started_at
+        while self._due and self._due[0][0] <= watermark:
+            _, entity_id = heapq.heappop(self._due)
+            entity = self.store.get(entity_id)
+            if entity is None or entity.get("decided_at") is not None:
+                continue
+            start = entity.get("started_at")
             if start is None:
                 # Progress without a start (its start was late or lost): it can never
                 # be decided; forget it once a start could no longer be on time.
-                if watermark >= entity.first_seen + self.timeout_s:
-                    del self._open[entity_id]
+                if watermark >= entity["first_seen"] + self.timeout_s:
+                    del self.store[entity_id]
                 continue
             deadline = start + self.timeout_s
-            done = entity.completed_at
+            done = entity.get("completed_at")
             if done is not None and done <= deadline and watermark >= done:
-                decided.append(self._decision(entity_id, entity, done, abandoned=False))
+                decided.append(self._decide(entity_id, entity, done, abandoned=False))
             elif watermark >= deadline:
-                decided.append(self._decision(entity_id, entity, deadline, abandoned=True))
+                decided.append(self._decide(entity_id, entity, deadline, abandoned=True))
+            else:
+                self._schedule(entity_id, entity)  # a stale heap entry: not due yet
         return decided
 
-    def _decision(self, entity_id: str, entity: _Entity, at: float, abandoned: bool) -> Decision:
-        assert entity.started_at is not None  # noqa: S101 - checked by decide()
-        index = bisect.bisect_right(entity.touches, (at, "\uffff")) - 1
-        touchpoint = entity.touches[index][1] if index >= 0 else ""
-        del self._open[entity_id]
-        self._decided[entity_id] = at
-        return Decision(entity_id, entity.channel, touchpoint, entity.started_at, abandoned)
+    def _decide(self, entity_id: str, entity: Entity, at: float, abandoned: bool) -> Decision:
+        touches = entity["touches"]
+        index = bisect.bisect_right(touches, [at, "\uffff"]) - 1
+        touchpoint = touches[index][1] if index >= 0 else ""
+        # Keep only what ignoring stragglers needs.
+        self.store[entity_id] = {"decided_at": at, "first_seen": entity["first_seen"]}
+        return Decision(entity_id, entity["channel"], touchpoint, entity["started_at"], abandoned)
 
-    def forget_decided_before(self, watermark: float) -> None:
+    def forget_decided_before(self, watermark: float) -> int:
         """Decided ids are kept to ignore stragglers; drop those past all lateness."""
-        for entity_id in [e for e, at in self._decided.items() if at < watermark]:
-            del self._decided[entity_id]
+        old = [
+            entity_id
+            for entity_id, entity in self.store.items()
+            if entity.get("decided_at") is not None and entity["decided_at"] < watermark
+        ]
+        for entity_id in old:
+            del self.store[entity_id]
+        return len(old)
+
+
+class PartitionStore(MutableMapping[str, Entity]):
+    """The entities of one source partition inside a store shared by all (a Faust
+    table holds every partition a worker owns): values carry their partition, so a
+    tracker restored after a restart reschedules only its own."""
+
+    def __init__(self, store: MutableMapping[str, Any], partition: int) -> None:
+        self._store = store
+        self._partition = partition
+
+    def __getitem__(self, key: str) -> Entity:
+        value = self._store[key]
+        if value is None:
+            raise KeyError(key)
+        return dict(value)
+
+    def __setitem__(self, key: str, value: Entity) -> None:
+        self._store[key] = {**value, "p": self._partition}
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, v in list(self._store.items()) if v and v.get("p") == self._partition)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -1,6 +1,16 @@
 from __future__ import annotations
 
-from touchstream.streams.outcomes import Decision, OutcomeTracker
+from tests.samples import wire
+from touchstream.schemas import Invalid, parse_object
+from touchstream.schemas.events import AnyEvent
+from touchstream.streams.outcomes import (
+    Decision,
+    OutcomeTracker,
+    PartitionStore,
+    combined_watermark,
+    decision_contributions,
+    ops_of,
+)
 
 MIN = 60.0
 T = 1_000_000.0
@@ -60,8 +70,8 @@ def test_stragglers_of_a_decided_entity_change_nothing() -> None:
     assert decision.abandoned
     t.complete("c6", T + 5 * MIN)  # a late order: the outcome was settled
     assert t.decide(T + 99 * MIN) == []
-    t.forget_decided_before(T + 99 * MIN)
-    assert t._decided == {}
+    assert t.forget_decided_before(T + 99 * MIN) == 1
+    assert dict(t.store) == {}
 
 
 def test_progress_without_a_start_is_forgotten() -> None:
@@ -69,3 +79,80 @@ def test_progress_without_a_start_is_forgotten() -> None:
     t.touch("c7", "payment", T)
     assert t.decide(T + 29 * MIN) == [] and len(t) == 1
     assert t.decide(T + 30 * MIN) == [] and len(t) == 0
+
+
+def test_state_survives_a_restart_through_its_store() -> None:
+    store: dict[str, dict] = {}
+    first = OutcomeTracker(timeout_s=30 * MIN, store=store)
+    first.start("c8", "web", "checkout", T)
+    first.touch("c8", "payment", T + 3 * MIN)
+    restarted = OutcomeTracker(timeout_s=30 * MIN, store=store)  # same (restored) store
+    restarted.rebuild()
+    restarted.complete("c8", T + 4 * MIN)
+    assert restarted.decide(T + 4 * MIN) == [Decision("c8", "web", "payment", T, abandoned=False)]
+
+
+def test_store_values_are_replaced_not_mutated() -> None:
+    t = tracker()
+    t.start("c9", "web", "checkout", T)
+    before = t.store["c9"]
+    t.touch("c9", "payment", T + 1)
+    assert t.store["c9"] is not before and len(before["touches"]) == 1
+
+
+def parsed(event_type: str, **properties: object) -> AnyEvent:
+    data = wire(event_type)
+    data["properties"].update(properties)
+    event = parse_object(data)
+    assert not isinstance(event, Invalid), event
+    return event
+
+
+def test_events_become_checkout_and_cart_steps() -> None:
+    started = ops_of(parsed("checkout_started", checkout_id="K", cart_id="R"))
+    assert [(o.kind, o.entity_id, o.action) for o in started] == [
+        ("checkout", "K", "start"),
+        ("cart", "R", "complete"),
+    ]
+    assert started[0].channel == "web" and started[0].touchpoint == "checkout"
+    assert [o.action for o in ops_of(parsed("checkout_step", checkout_id="K"))] == ["touch"]
+    assert [o.action for o in ops_of(parsed("order_placed", checkout_id="K"))] == ["complete"]
+    assert ops_of(parsed("order_placed", checkout_id=None)) == []  # no checkout to complete
+    assert [(o.kind, o.action) for o in ops_of(parsed("add_to_cart"))] == [("cart", "start")]
+    assert [(o.kind, o.action) for o in ops_of(parsed("remove_from_cart"))] == [("cart", "touch")]
+    assert ops_of(parsed("payment_failed")) == []
+
+
+def test_a_decision_counts_once_at_its_start_under_its_group_and_overall() -> None:
+    decision = Decision("K", "web", "payment", T, abandoned=True)
+    out = decision_contributions("checkout", decision)
+    assert {(c.kpi, c.group.split("|", 1)[1], c.at) for c in out} == {
+        ("checkout_abandonment", "web|payment", T),
+        ("checkout_abandonment", "all|all", T),
+    }
+    assert dict(out[0].counts) == {"abandoned": 1.0, "decided": 1.0}
+
+
+def test_partition_stores_share_one_table_and_see_only_their_own() -> None:
+    table: dict[str, dict] = {}
+    p0 = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
+    p1 = OutcomeTracker(30 * MIN, store=PartitionStore(table, 1))
+    p0.start("a", "web", "checkout", T)
+    p1.start("b", "web", "checkout", T)
+    assert set(PartitionStore(table, 0)) == {"a"} and set(PartitionStore(table, 1)) == {"b"}
+    again = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
+    again.rebuild()
+    assert [d.entity_id for d in again.decide(T + 30 * MIN)] == ["a"]
+
+
+def test_combined_watermark_waits_for_the_slowest_active_source() -> None:
+    a = {"at": 100.0, "idle": False}
+    b = {"at": 40.0, "idle": False}
+    empty_idle = {"at": None, "idle": True}
+    done_idle = {"at": 500.0, "idle": True}
+    assert combined_watermark([a, b]) == 40.0
+    assert combined_watermark([a, b, None]) is None  # a source not heard from yet blocks
+    assert combined_watermark([a, empty_idle]) == 100.0  # an empty partition does not block
+    assert combined_watermark([b, done_idle]) == 40.0  # idle sources are left out
+    assert combined_watermark([done_idle, {"at": 90.0, "idle": True}]) == 500.0  # all idle
+    assert combined_watermark([empty_idle]) is None
