@@ -1,1 +1,2 @@
-"""placeholder"""
+"""Where it lands: ClickHouse client, migrations, the batching sink and its Kafka
+loop, named journey queries and erasure."""
