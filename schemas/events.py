@@ -180,7 +180,12 @@ class _Envelope(BaseModel):
     @field_validator("occurred_at", "received_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else value.astimezone(UTC)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValueError("timestamp is out of range once converted to UTC") from exc
 
     @model_validator(mode="after")
     def _identity(self) -> _Envelope:
