@@ -233,20 +233,55 @@ def _client(settings: Settings, writer: bool) -> Any:
 
 
 @app.command(epilog=_env_help("clickhouse"))
-def migrate() -> None:
+def migrate(
+    print_sql: Annotated[
+        bool,
+        typer.Option(
+            "--print-sql",
+            help="print the DDL that migrate runs on an empty server (for review), "
+            "connect to nothing",
+        ),
+    ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="with --print-sql: the DDL for this ClickHouse cluster "
+            "(default: TOUCHSTREAM_CLICKHOUSE__CLUSTER; empty = one server)",
+        ),
+    ] = None,
+) -> None:
     """Create or upgrade the ClickHouse schema (idempotent); on a server, also the
-    read-only BI role (and user, given TOUCHSTREAM_CLICKHOUSE__BI_PASSWORD)."""
-    from touchstream.sinks.migrate import grant_bi_access
+    read-only BI role (and user, given TOUCHSTREAM_CLICKHOUSE__BI_PASSWORD). With
+    TOUCHSTREAM_CLICKHOUSE__CLUSTER: replicated tables behind Distributed ones."""
+    from touchstream.sinks.migrate import bi_access_statements, grant_bi_access, schema_statements
     from touchstream.sinks.migrate import migrate as run_migrations
 
     settings = _settings()
     ch = settings.clickhouse
+    if cluster is not None and not print_sql:
+        err.print("--cluster goes with --print-sql; migrate uses TOUCHSTREAM_CLICKHOUSE__CLUSTER")
+        raise typer.Exit(2)
+    if print_sql:
+        target = ch.cluster if cluster is None else cluster
+        try:
+            statements = schema_statements(ch.database, target or None)
+            statements += bi_access_statements(ch.database, ch.bi_user, None, target or None)
+        except ValueError as exc:
+            err.print(f"[red]cannot generate the DDL[/]: {exc}")
+            raise typer.Exit(2) from exc
+        where = f"cluster {target}" if target else "one server"
+        print(f"-- touchstream schema, database {ch.database}, {where}")
+        print(f"-- with TOUCHSTREAM_CLICKHOUSE__BI_PASSWORD set, the BI user {ch.bi_user} too")
+        for statement in statements:
+            print(f"\n{statement};")
+        return
     client = _client(settings, writer=True)
     try:
-        ran = run_migrations(client, ch.database)
+        ran = run_migrations(client, ch.database, ch.cluster or None)
         if not settings.embedded_clickhouse:
             password = ch.bi_password.get_secret_value() or None
-            if grant_bi_access(client, ch.database, ch.bi_user, password):
+            if grant_bi_access(client, ch.database, ch.bi_user, password, ch.cluster or None):
                 console.print(f"BI user {ch.bi_user}: SELECT on {ch.database}, readonly=1")
             else:
                 console.print(

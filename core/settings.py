@@ -158,6 +158,11 @@ class ClickHouseSettings(BaseModel):
         "chdb:///<data_dir>/clickhouse",
     )
     database: str = Field(default="touchstream", description="the one database (identifier)")
+    cluster: str = Field(
+        default="",
+        description="server cluster name: ON CLUSTER DDL, replicated tables behind "
+        "Distributed ones; empty = one server",
+    )
     username: str = Field(default="default", description="server user (writer)")
     password: SecretStr = Field(default=SecretStr(""), description="server password (secret)")
     ca_cert: Path | None = Field(default=None, description="CA bundle for https")
@@ -185,6 +190,17 @@ class ClickHouseSettings(BaseModel):
         if not _IDENTIFIER.match(value):
             raise ValueError(f"{value!r} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_identifier(cls, value: str) -> str:
+        return cls._identifier(value) if value else value
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> ClickHouseSettings:
+        if self.cluster and not self.dsn.startswith(("http://", "https://")):
+            raise ValueError("cluster needs a ClickHouse server dsn (http(s)://...)")
+        return self
 
     @field_validator("dsn")
     @classmethod
