@@ -399,7 +399,8 @@ def erase(
         raise typer.Exit(1)
     client = _client(settings, writer=True)
     try:
-        erasure = erase_customer(client, settings.clickhouse.database, customer)
+        ch = settings.clickhouse
+        erasure = erase_customer(client, ch.database, customer, ch.cluster or None)
     finally:
         client.close()
     for table, count in erasure.rows.items():

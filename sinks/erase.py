@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from touchstream.sinks.cluster import LOCAL_SUFFIX, quote_cluster
+
 # Table → (count, delete) for a person's rows; {ids:Array(String)} holds the
 # customer id and its anonymous ids. Constant SQL: values are bound, never formatted.
 _STATEMENTS = {
@@ -57,14 +59,33 @@ def linked_ids(client: Any, database: str, customer_id: str) -> list[str]:
     return sorted(str(row[0]) for row in result.result_rows)
 
 
-def erase_customer(client: Any, database: str, customer_id: str) -> Erasure:
+def delete_statement(table: str, cluster: str | None = None) -> str:
+    """The mutation that erases from ``table``. On a cluster the rows live in the
+    replicated ``<table>_local`` tables (a Distributed table takes no mutations):
+    the mutation goes there, ON CLUSTER; counting still reads the Distributed table."""
+    sql = _STATEMENTS[table][1]
+    if not cluster:
+        return sql
+    target = f"ALTER TABLE {{db:Identifier}}.{table} "
+    assert sql.startswith(target)  # noqa: S101 - the constant statements above
+    return (
+        f"ALTER TABLE {{db:Identifier}}.{table}{LOCAL_SUFFIX} ON CLUSTER {quote_cluster(cluster)} "
+        + sql[len(target) :]
+    )
+
+
+def erase_customer(
+    client: Any, database: str, customer_id: str, cluster: str | None = None
+) -> Erasure:
     if not customer_id.strip():
         raise ValueError("a customer id is required")
     ids = [customer_id, *linked_ids(client, database, customer_id)]
     rows = {}
     bind = {"db": database, "ids": ids}
-    for table, (count_sql, delete_sql) in _STATEMENTS.items():
+    for table, (count_sql, _) in _STATEMENTS.items():
         rows[table] = int(client.query(count_sql, parameters=bind).result_rows[0][0])
         if rows[table]:
-            client.command(delete_sql, parameters=bind, settings={"mutations_sync": 2})
+            client.command(
+                delete_statement(table, cluster), parameters=bind, settings={"mutations_sync": 2}
+            )
     return Erasure(customer_id, tuple(ids[1:]), rows)

@@ -237,3 +237,16 @@ def test_cli_prints_the_cluster_ddl(ch: Any, monkeypatch: pytest.MonkeyPatch) ->
     single = CliRunner().invoke(app, ["migrate", "--print-sql"])
     assert single.exit_code == 0 and "ON CLUSTER" not in single.stdout
     assert "Replicated" not in single.stdout
+
+
+def test_erasure_mutates_the_local_tables_on_a_cluster(ch: Any) -> None:
+    from touchstream.sinks.erase import _STATEMENTS, delete_statement
+
+    for table in _STATEMENTS:
+        single = delete_statement(table)
+        assert single.startswith(f"ALTER TABLE {{db:Identifier}}.{table} DELETE WHERE")
+        clustered = delete_statement(table, CLUSTER)
+        assert clustered == single.replace(
+            f".{table} DELETE", f".{table}_local ON CLUSTER `{CLUSTER}` DELETE"
+        )
+        assert f"ON CLUSTER {CLUSTER}" in formatted(ch, clustered)
