@@ -27,6 +27,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from touchstream.schemas.events import CaseClosed, utcnow
+from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
@@ -140,6 +141,7 @@ def create_app(
     alert_events = raw_topic(settings.topic("alert_events"))
     alerts_out = raw_topic(settings.topic("alerts"))
     outcome_events = raw_topic(settings.topic("outcome_events"))
+    metrics.prime(raw_in.topics)
 
     buckets = app.Table(
         "kpi-buckets",
@@ -199,6 +201,7 @@ def create_app(
             value=json.dumps({"at": contribution.at, "counts": dict(contribution.counts)}).encode(),
         )
 
+    pii = Pseudonymiser(settings.pii_key_bytes())
     progress: dict[str, float] = {}  # raw source → latest event time read from it
     positions: dict[str, int] = {}  # raw source → next offset to read
     outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
@@ -235,7 +238,7 @@ def create_app(
             for message in messages:
                 metrics.messages_in.labels(message.topic).inc()
             now = utcnow()
-            result = ingest(messages, now, streams.max_event_bytes)
+            result = ingest(messages, now, streams.max_event_bytes, pii)
             for event in result.events:
                 await events_out.send(
                     key=event.identity.encode(),
@@ -266,6 +269,7 @@ def create_app(
             for contribution in result.contributions:
                 await send_contribution(contribution)
             await app.producer.flush()
+            metrics.observe_batch([e.message.timestamp for e in batch], result.events, now)
             # Progress is reported only for what has been handed over above, so a
             # report never overtakes the ops of its own batch.
             for message in messages:
@@ -397,6 +401,17 @@ def create_app(
                 key=f"{update.key}|{window.start}".encode(), value=update.model_dump_json().encode()
             )
             metrics.kpi_updates.labels(update.kpi).inc()
+            metrics.kpis.observe(update)
+
+    lag_topics = {
+        t
+        for topic in (raw_in, contributions_topic, outcome_events, alert_events)
+        for t in topic.topics
+    }
+
+    @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
+    async def consumer_lag() -> None:
+        metrics.consumer_lag.set(await worker_metrics.measure_lag(app.consumer, lag_topics))
 
     @app.task
     async def started() -> None:
