@@ -13,10 +13,12 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from touchstream.settings import Settings, SettingsError, env_variables, load_settings
@@ -407,6 +409,212 @@ def erase(
         console.print(f"{table}: {count} row(s) deleted")
     linked = ", ".join(erasure.identities) or "none"
     console.print(f"erased {erasure.total} row(s) of {customer} (linked anonymous ids: {linked})")
+
+
+schemas_app = typer.Typer(help="The published JSON Schemas of the events.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="where to write the *.schema.json files")],
+    check: Annotated[
+        bool, typer.Option("--check", help="write nothing; fail when DIR differs from the models")
+    ] = False,
+) -> None:
+    """Write one JSON Schema per event type and version, plus the envelope."""
+    from touchstream.schemas.jsonschema import drift, export
+
+    if check:
+        problems = drift(directory)
+        for problem in problems:
+            err.print(f"[red]{problem}[/]")
+        if problems:
+            err.print(f"regenerate with: touchstream schemas export {directory}")
+            raise typer.Exit(1)
+        console.print(f"{directory}: up to date")
+        return
+    written = export(directory)
+    console.print(f"wrote {len(written)} schemas to {directory}")
+
+
+def _producer_settings() -> Settings:
+    """Settings with a broker: the configured one, else the running local stack's."""
+    from touchstream.stack import RuntimeInfo
+
+    settings = _settings()
+    if settings.local_broker:
+        info = RuntimeInfo.read(settings)
+        if info is None:
+            err.print(
+                "[red]no broker[/]: start the local stack (touchstream up) or set "
+                "TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS"
+            )
+            raise typer.Exit(2)
+        settings = settings.with_bootstrap(info.bootstrap_servers)
+    return settings
+
+
+def _bar(what: str, total: int | None) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=total is None and not err.is_terminal,
+    )
+
+
+@app.command(epilog=_env_help("kafka", "topics"))
+def emit(
+    source: Annotated[str, typer.Argument(help="a JSON Lines file of events, or - for stdin")],
+) -> None:
+    """Validate and send JSON Lines events; bad lines are reported with their line
+    number and the rest are still sent. Exit code 1 when any line was bad."""
+    from touchstream.producers.emitter import EmitError, Emitter
+    from touchstream.producers.send import emit_lines
+
+    settings = _producer_settings()
+    if source == "-":
+        lines: list[bytes] = sys.stdin.buffer.read().splitlines()
+    else:
+        try:
+            lines = Path(source).read_bytes().splitlines()
+        except OSError as exc:
+            err.print(f"[red]cannot read {source}[/]: {exc}")
+            raise typer.Exit(2) from exc
+    try:
+        with (
+            Emitter(settings, client_id="touchstream-emit") as emitter,
+            _bar("emitting", len(lines)) as bar,
+        ):
+            task = bar.add_task("lines", total=len(lines))
+            report = emit_lines(emitter, lines, lambda n: bar.update(task, completed=n))
+    except EmitError as exc:
+        err.print(f"[red]emit failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+    for number, why in report.bad:
+        err.print(f"[red]line {number}[/]: {why}")
+    console.print(f"sent {report.sent} events, {len(report.bad)} bad lines")
+    raise typer.Exit(1 if report.bad else 0)
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: use seconds or 90s, 30m, 6h, 2d") from exc
+
+
+@app.command(epilog=_env_help("kafka", "topics", "streams"))
+def simulate(
+    customers: Annotated[int, typer.Option(help="simulated customers")] = 200,
+    duration: Annotated[str, typer.Option(help="event time simulated: 3600, 90m, 6h, 2d")] = "6h",
+    rate: Annotated[float, typer.Option(help="messages/s to send; 0 = as fast as possible")] = 0,
+    start: Annotated[
+        str | None,
+        typer.Option(help="ISO 8601 start of event time (default: so that the stream ends now)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="same seed and options: same bytes")] = 7,
+    duplicates: Annotated[float, typer.Option(help="share of events sent twice")] = 0.0,
+    out_of_order: Annotated[float, typer.Option(help="share sent late, within lateness")] = 0.0,
+    late: Annotated[float, typer.Option(help="share of late-able events beyond lateness")] = 0.0,
+    malformed: Annotated[float, typer.Option(help="malformed messages per event")] = 0.0,
+    settle: Annotated[
+        bool, typer.Option(help="end with a tail past every timeout so every outcome is decided")
+    ] = True,
+    truth: Annotated[Path, typer.Option(help="where to write the ground truth (JSON)")] = Path(
+        "touchstream-truth.json"
+    ),
+    jsonl: Annotated[
+        Path | None,
+        typer.Option(help="write the messages' valid events here as JSON Lines; send nothing"),
+    ] = None,
+) -> None:
+    """A deterministic storefront: journeys across channels, sent to the raw topics,
+    with the ground truth (KPIs a correct pipeline must produce) written next to it."""
+    from datetime import UTC, datetime, timedelta
+
+    from touchstream.producers.emitter import EmitError, Emitter
+    from touchstream.producers.send import send_messages
+    from touchstream.producers.simulator import SimulationConfig, Simulator
+    from touchstream.producers.truth import ground_truth
+
+    settings = _settings()
+    streams = settings.streams
+    seconds = _duration(duration)
+    if start is None:
+        tail = streams.abandonment_timeout_s + streams.allowed_lateness_s + 60
+        begin = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=seconds + tail)
+    else:
+        begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    try:
+        config = SimulationConfig(
+            customers=customers,
+            start=begin,
+            duration_s=seconds,
+            seed=seed,
+            duplicates=duplicates,
+            out_of_order=out_of_order,
+            late=late,
+            malformed=malformed,
+            allowed_lateness_s=streams.allowed_lateness_s,
+            abandonment_timeout_s=streams.abandonment_timeout_s,
+            settle=settle,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    with err.status("simulating"):
+        messages = Simulator(config).messages()
+        result = ground_truth(
+            messages,
+            window_size_s=streams.window_size_s,
+            window_step_s=streams.window_step_s,
+            daily=streams.daily_window,
+            allowed_lateness_s=streams.allowed_lateness_s,
+            abandonment_timeout_s=streams.abandonment_timeout_s,
+        )
+    truth.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    if jsonl is not None:
+        with jsonl.open("wb") as out:
+            for message in messages:
+                if message.kind in ("event", "out_of_order", "late"):
+                    out.write(message.value + b"\n")
+        console.print(f"wrote {result.events} events to {jsonl}; ground truth in {truth}")
+        return
+    settings = _producer_settings()
+    try:
+        with (
+            Emitter(settings, client_id="touchstream-simulate") as emitter,
+            _bar("sending", len(messages)) as bar,
+        ):
+            task = bar.add_task("messages", total=len(messages))
+            send_messages(
+                emitter, settings, messages, rate, lambda n: bar.update(task, completed=n)
+            )
+            emitter.flush(timeout_s=120)
+            if emitter.failures:
+                raise EmitError(f"{len(emitter.failures)} messages not acknowledged")
+    except EmitError as exc:
+        err.print(f"[red]simulate failed[/]: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"sent {len(messages)} messages: {result.events} events ({result.late} late), "
+        f"{result.duplicates} duplicates, {sum(result.dead_letters.values())} malformed; "
+        f"ground truth in {truth}"
+    )
 
 
 @app.command(epilog=_env_help(*STACK_SECTIONS))

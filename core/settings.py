@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -330,6 +331,31 @@ class Settings(BaseSettings):
     @property
     def local_broker(self) -> bool:
         return not self.kafka.bootstrap_servers
+
+    @property
+    def pii_key_file(self) -> Path:
+        """Where the local stack keeps its generated PII key when none is configured."""
+        return self.data_dir / "pii.key"
+
+    def pii_key_bytes(self) -> bytes | None:
+        """The configured PII key, else the local stack's key file, else None."""
+        if self.pii_key is not None and self.pii_key.get_secret_value():
+            return self.pii_key.get_secret_value().encode()
+        if self.pii_key_file.exists():
+            return self.pii_key_file.read_bytes().strip() or None
+        return None
+
+    def ensure_local_pii_key(self) -> None:
+        """The embedded stack's key: generated once, kept in the data dir (mode 0600)."""
+        if self.pii_key_bytes() is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.pii_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # another process made it first
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
 
     def topic(self, name: str) -> str:
         """Full name (with prefix) of a topic by its field in :class:`Topics`."""

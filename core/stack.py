@@ -93,6 +93,8 @@ class Stack:
             await self._start_http()
             self._publish()
             return
+        # Emitters and workers of this stack pseudonymise PII with the same key.
+        self.settings.ensure_local_pii_key()
         if self.settings.local_broker:
             self.broker = LocalBroker(
                 port=self.settings.kafka.local_port, log_path=self.logs / "broker.log"

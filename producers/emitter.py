@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from touchstream.producers import metrics as emitter_metrics
 from touchstream.schemas import Event, Invalid, family, parse_object
+from touchstream.schemas.pii import PiiKeyMissing, Pseudonymiser
 from touchstream.settings import Settings
 
 
@@ -35,6 +36,10 @@ class InvalidEvent(EmitError):
 
 class EventTooLarge(EmitError):
     """The serialized event is over the broker's request limit; nothing was sent."""
+
+
+class UnprotectedPii(EmitError):
+    """The event carries email/phone/IP and no PII key is configured; nothing was sent."""
 
 
 class BrokerUnavailable(EmitError):
@@ -56,6 +61,7 @@ class Emitter:
         self._client_id = client_id
         self._metrics = emitter_metrics.create(registry or CollectorRegistry())
         self._producer: KafkaProducer | None = None
+        self._pii = Pseudonymiser(settings.pii_key_bytes())
         self.failures: list[BaseException] = []
 
     def _connect(self) -> KafkaProducer:
@@ -93,9 +99,19 @@ class Emitter:
         return self._producer
 
     def serialize(self, event: Event | Mapping[str, Any]) -> tuple[str, bytes, bytes, Event]:
-        """(topic, key, value, event) for an event, or a typed error. Sends nothing."""
-        if not isinstance(event, Event):
-            parsed = parse_object(event)
+        """(topic, key, value, event) for an event, or a typed error. Sends nothing.
+
+        PII properties (email, phone, IP: schemas/pii.py) are pseudonymised first,
+        so their clear values are never serialised.
+        """
+        data = event.wire() if isinstance(event, Event) else event
+        try:
+            data, found = self._pii.event(dict(data)) if isinstance(data, Mapping) else (data, [])
+        except PiiKeyMissing as exc:
+            self._metrics.invalid.labels("unprotected_pii").inc()
+            raise UnprotectedPii(str(exc)) from exc
+        if found or not isinstance(event, Event):
+            parsed = parse_object(data)
             if isinstance(parsed, Invalid):
                 self._metrics.invalid.labels(parsed.reason).inc()
                 raise InvalidEvent(parsed)

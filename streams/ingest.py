@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from touchstream.schemas import DeadLetter, Invalid, parse_event
-from touchstream.schemas.events import AnyEvent
+from touchstream.schemas import DeadLetter, Invalid, parse_event, parse_object
+from touchstream.schemas.events import AnyEvent, OrderPlaced
+from touchstream.schemas.pii import PiiKeyMissing, Pseudonymiser
+from touchstream.schemas.records import ValidationIssue
 from touchstream.streams.kpis import Contribution, contributions_of
 
 
@@ -31,13 +34,24 @@ class IngestResult:
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
-def ingest(batch: list[RawMessage], received_at: datetime, max_bytes: int) -> IngestResult:
+def ingest(
+    batch: list[RawMessage],
+    received_at: datetime,
+    max_bytes: int,
+    pii: Pseudonymiser | None = None,
+) -> IngestResult:
+    """Validate a batch. PII that an emitter left in clear is pseudonymised here
+    (schemas/pii.py); with no key it is refused (``unprotected_pii``), and dead
+    letters never keep it in clear."""
+    pii = pii or Pseudonymiser(None)
     result = IngestResult()
     for message in batch:
         raw = message.value or b""
         parsed = parse_event(raw, max_bytes)
+        if not isinstance(parsed, Invalid) and _may_hold_pii(parsed):
+            parsed = _pseudonymised(parsed, pii)
         if isinstance(parsed, Invalid):
-            payload, encoding = DeadLetter.encode_payload(raw[: max_bytes * 2])
+            payload, encoding = DeadLetter.encode_payload(_scrubbed(raw[: max_bytes * 2], pii))
             result.dead_letters.append(
                 (
                     message.key,
@@ -63,3 +77,35 @@ def ingest(batch: list[RawMessage], received_at: datetime, max_bytes: int) -> In
         result.sources.append(f"{message.topic}:{message.partition}")
         result.contributions.extend(contributions_of(event))
     return result
+
+
+def _may_hold_pii(event: AnyEvent) -> bool:
+    """PII can only hide in unknown extra properties (no typed property is PII)."""
+    if event.properties.model_extra:
+        return True
+    return isinstance(event, OrderPlaced) and any(i.model_extra for i in event.properties.items)
+
+
+def _pseudonymised(event: AnyEvent, pii: Pseudonymiser) -> AnyEvent | Invalid:
+    try:
+        data, found = pii.event(event.wire())
+    except PiiKeyMissing as exc:
+        issues = tuple(
+            ValidationIssue(field=f"properties.{path}", reason=str(exc), kind="unprotected_pii")
+            for path in exc.fields
+        )
+        return Invalid("unprotected_pii", issues, event.event_type, str(event.event_id))
+    return parse_object(data) if found else event
+
+
+def _scrubbed(raw: bytes, pii: Pseudonymiser) -> bytes:
+    """The dead letter's bytes, with PII values of a JSON event pseudonymised (or
+    redacted without a key). Bytes that are not a JSON object are kept as sent."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    if not isinstance(data, dict):
+        return raw
+    cleaned, found = pii.event(data, redact=True)
+    return json.dumps(cleaned, ensure_ascii=False).encode() if found else raw

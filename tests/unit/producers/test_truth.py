@@ -1,0 +1,132 @@
+"""Ground truth on streams small enough to check by hand."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from touchstream.producers.simulator import Message
+from touchstream.producers.truth import AmbiguousLateness, ground_truth
+from touchstream.schemas.events import family
+
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # on a 5-minute and 1-hour boundary
+N = 0
+
+
+def msg(
+    event_type: str,
+    minutes: float,
+    kind: str = "event",
+    who: str = "c-1",
+    channel: str = "web",
+    touchpoint: str = "delivery",
+    event_id: str | None = None,
+    **properties: Any,
+) -> Message:
+    global N
+    N += 1
+    event = {
+        "event_id": event_id or f"00000000-0000-4000-8000-{N:012d}",
+        "event_type": event_type,
+        "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
+        "customer_id": who,
+        "channel": channel,
+        "touchpoint": touchpoint,
+        "properties": properties,
+    }
+    return Message(family(event_type), who.encode(), json.dumps(event).encode(), kind)
+
+
+def test_nps_boundaries_windows_duplicates_and_late() -> None:
+    first = msg("nps_response", 0, score=6)
+    stream = [
+        first,
+        msg("nps_response", 1, score=7),
+        msg("nps_response", 2, score=9, touchpoint="checkout"),
+        msg("nps_response", 4.99, score=10),
+        Message(first.family, first.key, first.value, "duplicate"),  # counted once
+        msg("page_view", 30),
+        msg("nps_response", 5, score=0, kind="out_of_order"),  # 25 min behind: on time
+        msg("nps_response", 80, score=10),
+        msg("nps_response", 1, score=0, kind="late"),  # 79 min behind its key: late
+        Message("feedback", b"x", b"{", "malformed:not_json"),
+    ]
+    # Lateness 4000 s: on time within 0.4 x 66.7 = 26.7 min, late beyond 66.7 min.
+    truth = ground_truth(stream, allowed_lateness_s=4000)
+    assert (truth.events, truth.duplicates, truth.late) == (8, 1, 1)
+    assert dict(truth.dead_letters) == {"not_json": 1}
+    # Overall: 6, 7, 9, 10, 0, 10 → promoters 3, detractors 2 of 6.
+    assert truth.total("nps") == (1.0, 6.0, pytest.approx(100 / 6))
+    # delivery: 6, 7, 10, 0, 10 → (2 - 2) / 5
+    assert truth.total("nps", "web", "delivery") == (0.0, 5.0, 0.0)
+    rows = {(r["touchpoint"], r["window_start"], r["window_size"]): r for r in truth.rows()}
+    start = int(T0.timestamp())
+    # The 5-minute bucket [10:00, 10:05) holds 4 responses; 10:05 opens a new one, so
+    # the hour window starting at 10:05 holds just the 0 at 10:05.
+    assert rows[("all", start + 300, 3600)]["denominator"] == 1
+    assert rows[("all", start, 3600)]["denominator"] == 5
+    assert rows[("all", start - 3300, 3600)]["denominator"] == 4
+    assert (start - 3600, 3600) not in {(k[1], k[2]) for k in rows}
+    assert rows[("all", start - 36_000, 86_400)]["denominator"] == 6  # the UTC day
+
+
+def test_checkout_abandonment_timeout_and_attribution() -> None:
+    def checkout(cid: str, start: float, channel: str = "web") -> Message:
+        return msg(
+            "checkout_started",
+            start,
+            channel=channel,
+            touchpoint="checkout",
+            checkout_id=cid,
+            cart_id=f"cart-{cid}",
+            value="1",
+            currency="EUR",
+        )
+
+    def step(cid: str, at: float, touchpoint: str) -> Message:
+        return msg("checkout_step", at, touchpoint=touchpoint, checkout_id=cid, step="x")
+
+    def order(cid: str, at: float) -> Message:
+        return msg(
+            "order_placed",
+            at,
+            touchpoint="order_confirmation",
+            order_id=f"o-{cid}",
+            checkout_id=cid,
+            total="1",
+            currency="EUR",
+            items=[{"sku": "s", "category": "a", "quantity": 1, "price": "1"}],
+        )
+
+    stream = [
+        checkout("a", 0),
+        step("a", 1, "payment"),
+        order("a", 30),  # exactly at the timeout: done
+        checkout("b", 0, "mobile_app"),
+        step("b", 2, "payment"),
+        order("b", 30.5),  # too late
+        checkout("c", 1),
+        step("c", 3, "payment"),
+        step("c", 31.5, "review"),  # lost at payment
+        checkout("d", 200),  # its timeout is not behind the final watermark: undecided
+        msg("page_view", 244.9),
+    ]
+    stream.sort(key=lambda m: json.loads(m.value)["occurred_at"])
+    truth = ground_truth(stream, abandonment_timeout_s=1800, allowed_lateness_s=900)
+    assert truth.total("checkout_abandonment") == (2.0, 3.0, pytest.approx(2 / 3))
+    assert truth.total("checkout_abandonment", "web", "payment") == (1.0, 2.0, 0.5)
+    assert truth.total("checkout_abandonment", "mobile_app", "payment") == (1.0, 1.0, 1.0)
+    assert truth.undecided["checkout_abandonment"] == 1
+    # Carts: completed by their checkout_started (no add_to_cart here: never started).
+    assert truth.total("cart_abandonment")[1] == 0
+    # Cross-sell reads order_placed: one category in each of the two orders.
+    assert truth.total("cross_sell") == (0.0, 2.0, 0.0)
+
+
+def test_ambiguous_lateness_is_refused() -> None:
+    stream = [msg("page_view", 60, who="a"), msg("page_view", 45, who="b")]
+    with pytest.raises(AmbiguousLateness):
+        ground_truth(stream, allowed_lateness_s=1200)  # 15 min behind, 0.4 x 20 = 8 allowed
