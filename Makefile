@@ -37,6 +37,19 @@ test: lint
 unit: install
 	$(BIN)/pytest tests/unit
 
+# The CX page's browser test drives Debian's chromium through Playwright (a test
+# tool's own browser download fails here): install it when missing and we are root.
+.PHONY: chromium
+test integration: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (browser test of the CX page)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "chromium is missing and we are not root: apt-get install chromium"; \
+	  fi; }
+
 integration: install
 	$(BIN)/pytest tests/integration
 

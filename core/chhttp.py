@@ -13,6 +13,9 @@ BI user (``clickhouse.bi_user``), whose every query runs with ``readonly=1``.
 Queries run on a bounded pool of threads, each with its own engine connection,
 with ``max_execution_time`` and ``max_result_bytes`` from settings, so a slow
 BI query neither blocks the sink's inserts nor the event loop.
+
+The same app serves the live CX page under ``/ui`` (``touchstream.ui.api``): its
+named queries run here as the BI user, on the same pool and limits.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import lz4.frame
 from aiohttp import web
 
 from touchstream.settings import Settings
+from touchstream.ui.api import LiveStatus, Page
 
 try:  # Python 3.14 has compression.zstd; before that, the backport (a dependency)
     from compression import zstd  # type: ignore[import-not-found]
@@ -136,9 +140,15 @@ class User:
 
 
 class EngineHTTP:
-    """The HTTP endpoint. ``client_factory`` opens one engine connection per thread."""
+    """The HTTP endpoint. ``client_factory`` opens one engine connection per thread;
+    ``live`` tells the CX page what the serving process knows (the sink's lag)."""
 
-    def __init__(self, settings: Settings, client_factory: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_factory: Callable[[], Any],
+        live: LiveStatus | None = None,
+    ) -> None:
         ch = settings.clickhouse
         self.settings = settings
         self.host = ch.serve_host
@@ -154,6 +164,8 @@ class EngineHTTP:
             ch.username: (ch.password.get_secret_value(), User(ch.username, readonly=False)),
             ch.bi_user: (ch.bi_password.get_secret_value(), User(ch.bi_user, readonly=True)),
         }
+        self._bi = self._users[ch.bi_user][1]
+        self._live = live
         self._factory = client_factory
         self._local = threading.local()
         self._clients: list[Any] = []
@@ -171,6 +183,7 @@ class EngineHTTP:
         )
         app.router.add_route("*", "/ping", self._ping)
         app.router.add_route("*", "/", self._handle)
+        Page(self.settings, self.query_readonly, self._authenticate, self._live).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -206,6 +219,16 @@ class EngineHTTP:
                 client.set_client_setting("readonly", "1")
             clients[user.readonly] = client
         return client
+
+    async def query_readonly(self, sql: str, params: Mapping[str, str]) -> bytes:
+        """A SELECT with bound parameters as the BI user (readonly=1), on the pool,
+        in ClickHouse's JSON format: the CX page's path, with every BI limit."""
+        loop = asyncio.get_running_loop()
+        result, _, _ = await loop.run_in_executor(
+            self._pool, self._execute, self._bi, sql, None, {}, dict(params), None, "JSON"
+        )
+        self.queries += 1
+        return result
 
     # --- protocol ----------------------------------------------------------
     async def _ping(self, request: web.Request) -> web.Response:

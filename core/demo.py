@@ -260,6 +260,12 @@ async def run_demo(settings: Settings, config: SimulationConfig, console: Consol
             f"[green]done[/]: {produced.events} events reconciled. Query them with "
             f'[bold]touchstream query "{example}"[/]'
         )
+        ch = settings.clickhouse
+        host = "127.0.0.1" if ch.serve_host in ("0.0.0.0", "::") else ch.serve_host  # noqa: S104
+        console.print(
+            f"CX page: [bold]http://{host}:{ch.serve_port or stack.http_port}/ui/[/] "
+            "(live while [bold]touchstream up[/] or [bold]make up[/] runs)"
+        )
     finally:
         await stack.stop()
 

@@ -119,11 +119,29 @@ class Stack:
             client.close()
 
     async def _start_http(self) -> None:
-        """The owner of the embedded engine serves ClickHouse's HTTP interface."""
+        """The owner of the embedded engine serves ClickHouse's HTTP interface, and
+        the CX page on it (/ui)."""
         if not self.settings.embedded_clickhouse:
             return
-        self.http = EngineHTTP(self.settings, lambda: connect(self.settings))
+        live = self.live_status if self.with_pipeline else None
+        self.http = EngineHTTP(self.settings, lambda: connect(self.settings), live=live)
         self.http_port = await self.http.start()
+
+    async def live_status(self) -> dict[str, Any]:
+        """What the CX page shows of this process: the sink's consumer lag (its
+        metric: records not landed yet), rows buffered, and whether the worker runs."""
+        lag_metric = f"{self.settings.metrics.namespace}_sink_consumer_lag"
+        lag = None
+        for metric in self.registry.collect():
+            if metric.name == lag_metric and metric.samples:
+                lag = sum(sample.value for sample in metric.samples)
+        runner = self.sink_runner
+        return {
+            "sink_lag": lag,
+            "sink_buffered": runner.sink.buffered if runner is not None else None,
+            "worker_running": self.worker is not None and self.worker.poll() is None,
+            "worker_metrics_port": self.settings.metrics.worker_port,
+        }
 
     def _start_metrics(self) -> None:
         metrics = self.settings.metrics
