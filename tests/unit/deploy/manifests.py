@@ -100,7 +100,10 @@ def worker_topics(settings: Settings) -> dict[str, int]:
     from touchstream.kafka_admin import topic_names
     from touchstream.streams.app import create_app
 
-    app = create_app(settings)
+    # Topic names and partitions do not depend on connection security; without it
+    # the app builds with no CA file on this machine.
+    plain = settings.kafka.model_copy(update={"security_protocol": "PLAINTEXT"})
+    app = create_app(settings.model_copy(update={"kafka": plain}))
     topics = {name: settings.kafka.partitions for name in topic_names(settings)}
     for table in app.tables.values():
         topics[table.changelog_topic.get_topic_name()] = table.partitions or 0
