@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from touchstream.schemas.events import family
-from touchstream.streams.alerts import alert_id_for
+from touchstream.schemas.records import alert_id_for
 
 CHANNELS: dict[str, float] = {
     "web": 42,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -15,6 +16,7 @@ DeadLetterReason = Literal[
     "unknown_event_type",
     "missing_identity",
     "schema_violation",
+    "unprotected_pii",
 ]
 
 
@@ -116,3 +118,12 @@ class Alert(BaseModel):
     resolution: str | None = None
     time_to_close_s: float | None = None
     version: int
+
+
+ALERT_NAMESPACE = uuid.UUID("5f0c2a57-9a51-4d2c-9d37-0b8d3c1c7a11")
+
+
+def alert_id_for(event_id: uuid.UUID | str) -> str:
+    """The id of the alert a feedback event raises (contract: case_closed names it).
+    Deterministic: a replayed feedback raises the same alert."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, str(event_id)))

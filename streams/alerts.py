@@ -9,7 +9,6 @@ by its optional 1-5 score (<= 2).
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,14 +20,7 @@ from touchstream.schemas.events import (
     CsatResponse,
     NpsResponse,
 )
-from touchstream.schemas.records import Alert, AlertKind
-
-ALERT_NAMESPACE = uuid.UUID("5f0c2a57-9a51-4d2c-9d37-0b8d3c1c7a11")
-
-
-def alert_id_for(event_id: uuid.UUID | str) -> str:
-    """Deterministic: a replayed feedback raises the same alert."""
-    return str(uuid.uuid5(ALERT_NAMESPACE, str(event_id)))
+from touchstream.schemas.records import Alert, AlertKind, alert_id_for
 
 
 def _trigger(event: AnyEvent) -> tuple[AlertKind, int | None, str | None, str | None] | None:
