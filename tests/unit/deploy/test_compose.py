@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -371,3 +373,28 @@ def test_grafana_gets_the_shared_provisioning_and_dashboards(services: dict[str,
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     plugin, _, version = env["GF_PLUGINS_PREINSTALL_SYNC"].partition("@")
     assert plugin == "grafana-clickhouse-datasource" and re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+
+def test_prometheus_config_with_the_mounted_rules_passes_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not found: `apt-get install -y prometheus` (Debian), or `make test`")
+    # The container's layout: the config with the shared rules beside it.
+    (tmp_path / "prometheus.yml").write_text((COMPOSE_DIR / "prometheus.yml").read_text())
+    (tmp_path / "rules").symlink_to(DEPLOY / "prometheus" / "rules")
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rule files found" in result.stdout + result.stderr
+
+
+def test_alertmanager_routes_reach_declared_receivers() -> None:
+    config = load_yaml(COMPOSE_DIR / "alertmanager.yml")
+    receivers = {receiver["name"] for receiver in config["receivers"]}
+    routes = [config["route"], *config["route"].get("routes", [])]
+    assert all(route["receiver"] in receivers for route in routes)
+    assert "alertname" in config["route"]["group_by"]
