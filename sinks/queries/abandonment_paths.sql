@@ -1,9 +1,10 @@
--- description: Top touchpoint paths before checkout abandonment: for each checkout started in [since, until) with no order_placed within timeout_s (and started at least timeout_s before `until`, so decided), the touchpoints its customer (stitched) went through from lookback_s before checkout_started to the checkout's last step before the deadline, repeats collapsed; by the channel of checkout_started, or all
+-- description: Top touchpoint paths before checkout abandonment: for each checkout started in [since, until) with no order_placed within timeout_s (and started at least timeout_s before `until`, so decided), the last `steps` touchpoints its customer (stitched) went through from lookback_s before checkout_started to the checkout's last step before the deadline, repeats collapsed; by the channel of checkout_started, or all
 -- param: since DateTime64(3, 'UTC') = 1970-01-01 00:00:00
 -- param: until DateTime64(3, 'UTC') = 2100-01-01 00:00:00
 -- param: channel String = all
 -- param: timeout_s UInt32 = 1800
 -- param: lookback_s UInt32 = 1800
+-- param: steps UInt32 = 6
 -- param: limit UInt32 = 10
 SELECT path, count() AS checkouts, round(avg(touches), 2) AS avg_events
 FROM
@@ -11,7 +12,10 @@ FROM
     SELECT
         a.checkout_id AS checkout_id,
         arrayStringConcat(
-            arrayCompact(arrayMap(s -> s.3, arraySort(groupArray((j.occurred_at, j.event_id, j.touchpoint))))),
+            arraySlice(
+                arrayCompact(arrayMap(s -> s.3, arraySort(groupArray((j.occurred_at, j.event_id, j.touchpoint))))),
+                -toInt64({steps:UInt32})
+            ),
             ' > '
         ) AS path,
         count() AS touches

@@ -100,7 +100,9 @@
         if (!until || row.until > until) until = row.until;
       }
     }
-    const touchpoints = [...new Set(doc.rows.map((r) => r.touchpoint))].filter((t) => t !== "all").sort();
+    const shown = new Set(KPIS.map((k) => k.id));
+    const touchpoints = [...new Set(doc.rows.filter((r) => shown.has(r.kpi)).map((r) => r.touchpoint))]
+      .filter((t) => t !== "all").sort();
     touchpoints.push("all");
     const rows = touchpoints.map((tp) => {
       const tr = el("tr", { cls: tp === "all" ? "total" : "", data: { touchpoint: tp } }, [
@@ -325,15 +327,17 @@
       try { render(); } catch (exc) { errors.push(`${name}: ${exc.message}`); }
     }
     refreshes += 1;
-    document.body.dataset.refreshes = String(refreshes);
-    const status = $("status");
     const took = Math.round(performance.now() - started);
+    document.body.dataset.refreshes = String(refreshes);
+    document.body.dataset.refreshMs = String(took);
+    const status = $("status");
     status.textContent = errors.length
       ? `error: ${errors.join("; ")}`
       : `updated ${new Date().toISOString().slice(11, 19)} UTC (${took} ms), every ${view.refreshS} s`;
     status.className = errors.length ? "error" : "";
     running = false;
-    timer = setTimeout(refresh, again ? 0 : view.refreshS * 1000);
+    // Refreshes start every refreshS seconds (not refreshS after the last one ended).
+    timer = setTimeout(refresh, again ? 0 : Math.max(0, view.refreshS * 1000 - took));
   }
 
   function syncControls() {

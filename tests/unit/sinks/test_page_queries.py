@@ -197,6 +197,8 @@ def test_abandonment_paths(ch: Any, world: dict[str, Any]) -> None:
         if e.event_type == "checkout_started"
     }
     want: Counter[str] = Counter()
+    last_four: Counter[str] = Counter()
+    longest = 0
     lookback = timedelta(seconds=1800)
     for c in truth.checkouts(world["wires"]):
         if not c.abandoned or c.channel != "web":
@@ -218,9 +220,17 @@ def test_abandonment_paths(ch: Any, world: dict[str, Any]) -> None:
             if not path or path[-1] != touchpoint:
                 path.append(touchpoint)
         want[" > ".join(path)] += 1
-    rows = run(ch, world, "abandonment_paths", channel="web", limit="1000", until=sql_time(NOW))
+        longest = max(longest, len(path))
+        last_four[" > ".join(path[-4:])] += 1
+    until = sql_time(NOW)
+    rows = run(ch, world, "abandonment_paths", channel="web", limit="999", steps="99", until=until)
     assert {r["path"]: r["checkouts"] for r in rows} == dict(want)
     assert sum(want.values()) > 5
+    rows = run(
+        ch, world, "abandonment_paths", channel="web", limit="1000", steps="4", until=sql_time(NOW)
+    )
+    assert {r["path"]: r["checkouts"] for r in rows} == dict(last_four)
+    assert longest > 4  # the cut mattered
     top = run(ch, world, "abandonment_paths", limit="3", until=sql_time(NOW))
     assert len(top) == 3 and top[0]["checkouts"] >= top[-1]["checkouts"]
     # Checkouts whose deadline is still ahead of `until` are not decided: not counted.
