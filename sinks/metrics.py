@@ -19,6 +19,9 @@ class SinkMetrics:
     insert_failures: Counter
     backpressure_pauses: Counter
     buffered_rows: Gauge
+    flush_retries: Counter
+    backpressured: Gauge
+    consumer_lag: Gauge
 
 
 def create(registry: CollectorRegistry, namespace: str = "touchstream") -> SinkMetrics:
@@ -66,6 +69,25 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> SinkM
         buffered_rows=Gauge(
             "sink_buffered_rows",
             "Rows waiting for the next flush",
+            namespace=namespace,
+            registry=registry,
+        ),
+        flush_retries=Counter(
+            "sink_flush_retries",
+            "Retries of a failed flush (the identical batch, after a backoff)",
+            namespace=namespace,
+            registry=registry,
+        ),
+        backpressured=Gauge(
+            "sink_backpressured",
+            "1 while consumption is paused because a flush keeps failing",
+            namespace=namespace,
+            registry=registry,
+        ),
+        consumer_lag=Gauge(
+            "sink_consumer_lag",
+            "Records of a partition not yet landed in ClickHouse (highwater - committed)",
+            ["topic", "partition"],
             namespace=namespace,
             registry=registry,
         ),
