@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 EDITABLE := --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-.PHONY: install demo up test lint unit integration bench clean
+.PHONY: install demo up test lint unit integration bench clean prometheus-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ lint: install
 	$(BIN)/mypy -p touchstream
 	$(BIN)/mypy
 
-test: lint
+test: lint prometheus-tools
 	$(BIN)/pytest
+
+# promtool and prometheus (Debian's `prometheus` package, 2.42 on bookworm) for the
+# deploy/prometheus tests: installed as root when missing; otherwise say how. Their
+# tests skip without them, and under CI=true a skip fails the run.
+prometheus-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends prometheus \
+	    || { apt-get update && apt-get install -y --no-install-recommends prometheus; }; \
+	else \
+	  echo "promtool/prometheus not found: sudo apt-get install -y prometheus (or run make test as root)"; \
+	fi
 
 unit: install
 	$(BIN)/pytest tests/unit
