@@ -209,7 +209,8 @@
   function renderAlerts(doc, sla) {
     const shown = doc.rows.slice(0, ALERT_ROWS);
     const past = doc.rows.filter((r) => r.past_sla).length;
-    $("alerts-count").textContent = `${doc.rows.length} open, ${past} past the ${duration(sla)} SLA`;
+    const slaText = sla % 3600 === 0 ? `${sla / 3600} h` : duration(sla);
+    $("alerts-count").textContent = `${doc.rows.length} open, ${past} past the ${slaText} SLA`;
     $("alerts-note").textContent = doc.rows.length > ALERT_ROWS
       ? `Oldest ${ALERT_ROWS} shown, ${doc.rows.length - ALERT_ROWS} more.` : "Oldest first, all channels.";
     const rows = shown.map((r) => {
