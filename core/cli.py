@@ -94,11 +94,8 @@ def up() -> None:
         stack = Stack(settings)
         try:
             await stack.start()
-            served = (
-                f" (HTTP http://{settings.clickhouse.serve_host}:{stack.http_port})"
-                if stack.http_port
-                else ""
-            )
+            http = f"http://{settings.clickhouse.serve_host}:{stack.http_port}"
+            served = f" (HTTP {http}, CX page {http}/ui/)" if stack.http_port else ""
             console.print(
                 f"[green]up[/]: broker {stack.settings.kafka.bootstrap_servers}, ClickHouse "
                 f"{stack.settings.clickhouse_dsn}{served}, metrics "
@@ -209,7 +206,8 @@ def serve() -> None:
             await stack.start()
             console.print(
                 f"[green]serving[/] ClickHouse HTTP on "
-                f"http://{settings.clickhouse.serve_host}:{stack.http_port} — Ctrl-C stops"
+                f"http://{settings.clickhouse.serve_host}:{stack.http_port} (CX page on "
+                f"/ui/) — Ctrl-C stops"
             )
             await stack.watch(asyncio.Event())
         finally:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.integration.test_lifecycle import alive
@@ -48,6 +49,7 @@ def test_demo_ends_with_kpis_and_events_in_the_data_dir(tmp_path: Path) -> None:
     assert "NPS" in demo.stdout and "dead letters: not_json 1" in demo.stdout
     reconciled = re.search(r"done: (\d+) events reconciled", demo.stdout)
     assert reconciled, demo.stdout
+    assert re.search(r"CX page: http://127\.0\.0\.1:\d+/ui/", demo.stdout.splitlines()[-1])
     assert (tmp_path / "data" / "clickhouse").is_dir()
     assert not (tmp_path / "data" / "run" / "stack.json").exists()
 
@@ -139,6 +141,11 @@ def test_up_runs_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
         assert refused.returncode == 1 and "164" in refused.stderr
         served = run(["serve"], env)
         assert served.returncode == 1 and "owned by a running stack" in served.stderr
+        page = f"http://127.0.0.1:{info['http_port']}/ui/"
+        with urllib.request.urlopen(page, timeout=30) as response:  # noqa: S310 - loopback
+            assert response.status == 200 and b'id="kpi-grid"' in response.read()
+        with urllib.request.urlopen(page + "api/pipeline_health", timeout=30) as response:  # noqa: S310
+            assert json.loads(response.read())["live"]["worker_running"] is True
         doctor = run(["doctor"], env)
         assert doctor.returncode == 0, doctor.stdout
         assert "answers" in doctor.stdout
@@ -157,6 +164,7 @@ def test_up_runs_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
             process.communicate()
     assert process.returncode == 0, output
     assert "stopped; data kept" in output
+    assert f"CX page http://127.0.0.1:{info['http_port']}/ui/" in output
     assert not info_path.exists()
     for pid in children:
         assert not alive(pid), f"child {pid} outlived `up`"
