@@ -206,9 +206,6 @@ def test_every_touchstream_container_gets_valid_settings_that_match_the_stack(
     assert clickhouse["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1"  # to create the BI user
     port = Settings().clickhouse.serve_port
     assert f"{port}:8123" in services["clickhouse"]["ports"]
-    grafana = container_env(services["grafana"])
-    assert grafana["CLICKHOUSE_BI_USER"] == migrate.clickhouse.bi_user
-    assert grafana["CLICKHOUSE_BI_PASSWORD"] == migrate.clickhouse.bi_password.get_secret_value()
 
 
 def test_every_touchstream_variable_in_deploy_exists() -> None:
@@ -374,14 +371,53 @@ def test_prometheus_scrapes_every_touchstream_service_under_the_shared_job_names
     assert list((DEPLOY / "prometheus" / "rules").glob("*.yml")), "no rules to mount"
 
 
-def test_grafana_gets_the_shared_provisioning_and_dashboards(services: dict[str, Any]) -> None:
+def test_grafana_gets_the_shared_dashboards_and_data_sources(services: dict[str, Any]) -> None:
     mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("."))
-    assert mounts["../grafana/provisioning"] == "/etc/grafana/provisioning"
-    assert mounts["../grafana/dashboards"] == "/etc/grafana/dashboards"
+    shared = DEPLOY / "grafana"
+    # The shared dashboard provider, and the dashboards where it looks for them.
+    assert mounts["../grafana/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+    [provider] = load_yaml(shared / "provisioning/dashboards/touchstream.yml")["providers"]
+    assert mounts["../grafana/dashboards"] == provider["options"]["path"]
+    # The data sources: the shared ones (names, uids, types, settings) with this
+    # network's hosts, so every uid the dashboards use resolves.
+    ours_dir = "./grafana/provisioning/datasources"
+    assert mounts[ours_dir] == "/etc/grafana/provisioning/datasources"
+    ours = {
+        d["uid"]: d for d in load_yaml(COMPOSE_DIR / ours_dir / "touchstream.yml")["datasources"]
+    }
+    theirs = {
+        d["uid"]: d
+        for d in load_yaml(shared / "provisioning/datasources/touchstream.yml")["datasources"]
+    }
+    assert set(ours) == set(theirs)
+    hosts = {"url": "http://prometheus:9090", "host": "clickhouse"}
+    for uid, source in ours.items():
+        expected = {k: v for k, v in theirs[uid].items() if k not in ("url", "jsonData")}
+        assert {k: v for k, v in source.items() if k not in ("url", "jsonData")} == expected
+        data, shared_data = source.get("jsonData", {}), theirs[uid].get("jsonData", {})
+        assert {k: v for k, v in data.items() if k != "host"} == {
+            k: v for k, v in shared_data.items() if k != "host"
+        }
+        if "url" in source:
+            assert source["url"] == hosts["url"]
+        if "host" in data:
+            assert data["host"] == hosts["host"]
+            assert data["port"] == Settings().clickhouse.serve_port
+            assert data["username"] == Settings().clickhouse.bi_user
+    used = set()
+    for dashboard in (shared / "dashboards").glob("*.json"):
+        used |= set(re.findall(r'"uid":\s*"(touchstream-[a-z]+)"', dashboard.read_text()))
+    assert {"touchstream-prometheus", "touchstream-clickhouse"} <= used
+    # The ClickHouse password the data source expands is the BI user's.
     env = container_env(services["grafana"])
+    password = re.search(r"\$\{(\w+)\}", str(ours["touchstream-clickhouse"]["secureJsonData"]))
+    assert password is not None
+    migrate = settings_from(container_env(services["migrate"]))
+    assert env[password[1]] == migrate.clickhouse.bi_password.get_secret_value()
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     plugin, _, version = env["GF_PLUGINS_PREINSTALL_SYNC"].partition("@")
     assert plugin == "grafana-clickhouse-datasource" and re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert plugin == theirs["touchstream-clickhouse"]["type"]
 
 
 def test_prometheus_config_with_the_mounted_rules_passes_promtool(tmp_path: Path) -> None:
