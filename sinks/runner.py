@@ -170,11 +170,10 @@ class SinkRunner:
             return
         self._lag_at = now
         assigned = set(consumer.assignment())
-        lags: dict[TopicPartition, int] = {}
-        try:
-            ends = (
-                await asyncio.wait_for(consumer.end_offsets(list(assigned)), 5) if assigned else {}
-            )
+
+        async def measure() -> dict[TopicPartition, int]:
+            ends = await consumer.end_offsets(list(assigned)) if assigned else {}
+            lags = {}
             for tp in assigned:
                 if tp not in self._landed:
                     committed = await consumer.committed(tp)
@@ -183,7 +182,11 @@ class SinkRunner:
                     self._landed[tp] = committed
                 highwater = max(consumer.highwater(tp) or 0, ends.get(tp) or 0)
                 lags[tp] = max(0, highwater - self._landed[tp])
-        except (KafkaError, TimeoutError) as exc:  # a metric only: the next round retries
+            return lags
+
+        try:  # a metric only: bounded to 5 s, and the next round retries
+            lags = await asyncio.wait_for(measure(), 5)
+        except (KafkaError, TimeoutError) as exc:
             log.debug("sink lag not measured: %r", exc)
             return
         for tp, lag in lags.items():
