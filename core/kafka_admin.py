@@ -8,6 +8,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from touchstream.settings import Settings, Topics
 
 TOPIC_ROLES = tuple(Topics.model_fields)
+# Checkpoints keep only each key's latest value (tombstones delete).
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def topic_names(settings: Settings) -> list[str]:
@@ -53,6 +55,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
                     name,
                     num_partitions=settings.kafka.partitions,
                     replication_factor=settings.kafka.replication_factor,
+                    topic_configs=COMPACTED if name == settings.topic("ingest_state") else {},
                 )
                 for name in missing
             ]

@@ -146,6 +146,10 @@ class Topics(BaseModel):
         default="touchstream.outcome-events.v1",
         description="internal: checkout/cart steps by entity id",
     )
+    ingest_state: str = Field(
+        default="touchstream.ingest-state.v1",
+        description="internal, compacted: dedup ids, watermarks, offsets per raw partition",
+    )
 
 
 class ClickHouseSettings(BaseModel):

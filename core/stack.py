@@ -167,6 +167,15 @@ class Stack:
         finally:
             log_file.close()
 
+    def kill_worker(self, restart: bool = True) -> None:
+        """SIGKILL the stream worker mid-whatever, and start a new one (fault
+        injection: nothing is flushed, committed or said goodbye to)."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait(timeout=10)
+        if restart:
+            self._start_worker()
+
     def _start_sink(self) -> None:
         metrics = sink_metrics.create(self.registry, self.settings.metrics.namespace)
         topics = {role: self.settings.topic(role) for role in ROLES}

@@ -23,6 +23,7 @@ EVENT_COLUMNS = (
     "channel",
     "touchpoint",
     "properties",
+    "late",
 )
 KPI_COLUMNS = (
     "kpi",
@@ -93,6 +94,7 @@ def event_row(value: bytes) -> Row:
         data["channel"],
         data["touchpoint"],
         json.dumps(data.get("properties") or {}, separators=(",", ":"), ensure_ascii=False),
+        1 if data.get("late") else 0,
     )
 
 

@@ -3,6 +3,13 @@ changelogged Faust table in the worker).
 
 State is kept per step-sized bucket (and per day), so one contribution writes
 two entries; a hopping window's counts are the sum of its buckets.
+
+Replays: a bucket also records, per source ("topic:partition" of the raw event,
+or "outcomes:<partition>" for abandonment decisions), the highest source offset
+it has counted, in the same value as its counts (one write, so the two cannot
+disagree after a crash). A contribution at or below that offset is a replay
+after a worker restart and is skipped. One event contributes once to a group,
+and one source's contributions reach a group in offset order, so this is exact.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from touchstream.streams.kpis import Contribution, merge, value_of
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
 Dirty = tuple[str, Window]
+SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from it
 
 
 class KpiAggregator:
@@ -34,30 +42,44 @@ class KpiAggregator:
         return f"{group}|{granularity}|{start}"
 
     def add(self, contribution: Contribution) -> list[Dirty]:
-        """Apply one contribution; returns the windows whose value changed."""
+        """Apply one contribution; returns the windows whose value changed (none
+        for a replay)."""
         group = contribution.group
         counts = dict(contribution.counts)
+        mark = (SOURCE_MARK + contribution.source, contribution.offset)
         bucket = bucket_of(contribution.at, self.step_s)
-        self._bump(self._key(group, self.step_s, bucket), counts)
-        dirty = [(group, window) for window in hopping(contribution.at, self.size_s, self.step_s)]
+        dirty: list[Dirty] = []
+        if self._bump(self._key(group, self.step_s, bucket), counts, mark):
+            dirty += [(group, w) for w in hopping(contribution.at, self.size_s, self.step_s)]
         if self.with_daily:
             day = daily(contribution.at)
-            self._bump(self._key(group, DAY_S, day.start), counts)
-            dirty.append((group, day))
+            if self._bump(self._key(group, DAY_S, day.start), counts, mark):
+                dirty.append((group, day))
         return dirty
 
-    def _bump(self, key: str, counts: dict[str, float]) -> None:
+    def _bump(self, key: str, counts: dict[str, float], mark: tuple[str, int]) -> bool:
         # Read-modify-write of a fresh dict: a Faust table only logs assignments.
-        self.store[key] = merge(dict(self.store.get(key) or {}), counts)
+        value = dict(self.store.get(key) or {})
+        name, offset = mark
+        if name != SOURCE_MARK:
+            if value.get(name, -1) >= offset:
+                return False
+            value[name] = offset
+        self.store[key] = merge(value, counts)
+        return True
 
     def counts(self, group: str, window: Window) -> dict[str, float]:
         if window.size_s == DAY_S and self.with_daily:
-            return dict(self.store.get(self._key(group, DAY_S, window.start)) or {})
+            buckets = [self.store.get(self._key(group, DAY_S, window.start))]
+        else:
+            buckets = [
+                self.store.get(self._key(group, self.step_s, start))
+                for start in buckets_of_window(window, self.step_s)
+            ]
         total: dict[str, float] = {}
-        for start in buckets_of_window(window, self.step_s):
-            bucket = self.store.get(self._key(group, self.step_s, start))
+        for bucket in buckets:
             if bucket:
-                merge(total, bucket)
+                merge(total, {k: v for k, v in bucket.items() if not k.startswith(SOURCE_MARK)})
         return total
 
     def update(self, group: str, window: Window, version: int, now: datetime) -> KpiUpdate:

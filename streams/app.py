@@ -19,11 +19,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from touchstream.schemas.events import CaseClosed, utcnow
@@ -41,7 +42,9 @@ from touchstream.streams.alerts import (
     slot_from_json,
     slot_to_json,
 )
-from touchstream.streams.ingest import RawMessage, ingest
+from touchstream.streams.checkpoints import read_latest
+from touchstream.streams.eventtime import SourceState
+from touchstream.streams.ingest import RawMessage, Sequencer, ingest
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcomes import (
     KINDS,
@@ -57,6 +60,7 @@ from touchstream.streams.outcomes import (
 log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
+REWIND_WAIT_S = 10.0  # after seeking back to a checkpoint, how long a gap may stay
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -141,6 +145,7 @@ def create_app(
     alert_events = raw_topic(settings.topic("alert_events"))
     alerts_out = raw_topic(settings.topic("alerts"))
     outcome_events = raw_topic(settings.topic("outcome_events"))
+    ingest_state = raw_topic(settings.topic("ingest_state"))
     metrics.prime(raw_in.topics)
 
     buckets = app.Table(
@@ -148,14 +153,14 @@ def create_app(
         default=None,
         partitions=kafka.partitions,
         key_type=str,
-        value_type=dict,
+        # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
     alert_slots = app.Table(
         "alert-slots",
         default=None,
         partitions=kafka.partitions,
         key_type=str,
-        value_type=dict,
+        # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
     outcome_tables = {
         kind: app.Table(
@@ -163,12 +168,16 @@ def create_app(
             default=None,
             partitions=kafka.partitions,
             key_type=str,
-            value_type=dict,
+            # no value_type: values are plain JSON (value_type=dict breaks recovery)
         )
         for kind in KINDS
     }
     outcome_marks = app.Table(
-        "outcome-marks", default=None, partitions=kafka.partitions, key_type=str, value_type=dict
+        "outcome-marks",
+        default=None,
+        partitions=kafka.partitions,
+        key_type=str,
+        # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
     trackers: dict[tuple[str, int], OutcomeTracker] = {}
 
@@ -196,10 +205,62 @@ def create_app(
     app.crash_handler = crashed
 
     async def send_contribution(contribution: Contribution) -> None:
+        body = {
+            "at": contribution.at,
+            "counts": dict(contribution.counts),
+            "src": contribution.source,
+            "off": contribution.offset,
+        }
         await contributions_topic.send(
-            key=contribution.group.encode(),
-            value=json.dumps({"at": contribution.at, "counts": dict(contribution.counts)}).encode(),
+            key=contribution.group.encode(), value=json.dumps(body).encode()
         )
+
+    raw_topics = set(raw_in.topics)
+    states: dict[str, SourceState] = {}  # raw "topic:partition" → ingest state
+
+    sequencer = Sequencer(REWIND_WAIT_S)
+
+    async def admit(messages: list[RawMessage]) -> list[RawMessage]:
+        """The messages to handle now, in sequence per source partition.
+
+        Restores the checkpointed state of partitions new to this worker and forgets
+        those it no longer owns (their next owner restores them). Faust may have
+        committed offsets of messages a killed worker had fetched but never handled;
+        a message after such a gap sends its partition back to the checkpoint
+        (seek) and waits for it. A gap that remains after the seek is a hole in the
+        log (retention, transaction markers), not a loss, and is accepted.
+        """
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in raw_topics}
+        for source in [s for s in states if int(s.rsplit(":", 1)[1]) not in owned]:
+            del states[source]
+            sequencer.forget(source)
+        missing = {m.partition for m in messages if f"{m.topic}:{m.partition}" not in states}
+        if missing:
+            found = await read_latest(settings, settings.topic("ingest_state"), missing)
+            for partition, records in found.items():
+                for topic in raw_topics:
+                    source = f"{topic}:{partition}"
+                    states[source] = SourceState.restore(
+                        source, streams.allowed_lateness_s, records
+                    )
+        admitted, seeks = sequencer.admit(
+            messages,
+            {source: state.next_offset for source, state in states.items()},
+            time.monotonic(),
+        )
+        for topic, partition, offset in seeks:
+            log.warning("%s:%d: resuming at its checkpoint %d", topic, partition, offset)
+            await app.consumer.seek(TP(topic, partition), offset)
+            metrics.rewinds.inc()
+        return admitted
+
+    async def checkpoint(messages: list[RawMessage]) -> None:
+        """After the batch's outputs are flushed: its state, per source partition."""
+        for source in sorted({f"{m.topic}:{m.partition}" for m in messages}):
+            partition = int(source.rsplit(":", 1)[1])
+            for key, value in states[source].checkpoint():
+                await ingest_state.send(key=key.encode(), value=value, partition=partition)
+        await app.producer.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
     progress: dict[str, float] = {}  # raw source → latest event time read from it
@@ -238,13 +299,18 @@ def create_app(
             for message in messages:
                 metrics.messages_in.labels(message.topic).inc()
             now = utcnow()
-            result = ingest(messages, now, streams.max_event_bytes, pii)
-            for event in result.events:
-                await events_out.send(
-                    key=event.identity.encode(),
-                    value=event.model_dump_json(exclude_none=True).encode(),
-                )
+            messages = await admit(messages)
+            result = ingest(messages, now, streams.max_event_bytes, pii, states)
+            for event, on_time in zip(result.events, result.on_time, strict=True):
+                value = event.model_dump_json(exclude_none=True).encode()
+                if not on_time:  # the sink stores it, flagged; no KPI window counts it
+                    value = value[:-1] + b',"late":true}'
+                await events_out.send(key=event.identity.encode(), value=value)
                 metrics.events_valid.labels(event.event_type).inc()
+            metrics.duplicates.inc(sum(result.duplicates.values()))
+            metrics.replayed.inc(result.replayed)
+            for topic, count in result.late.items():
+                metrics.late_events.labels(topic).inc(count)
             for key, dead_letter in result.dead_letters:
                 await dead_letters_out.send(key=key, value=dead_letter.model_dump_json().encode())
                 metrics.dead_letters.labels(dead_letter.reason).inc()
@@ -260,7 +326,9 @@ def create_app(
                         key=event.properties.alert_id.encode(),
                         value=json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     )
-            for event in result.events:
+            for event, on_time in zip(result.events, result.on_time, strict=True):
+                if not on_time:
+                    continue
                 for op in ops_of(event):
                     await outcome_events.send(
                         key=f"{op.kind}|{op.entity_id}".encode(),
@@ -269,6 +337,7 @@ def create_app(
             for contribution in result.contributions:
                 await send_contribution(contribution)
             await app.producer.flush()
+            await checkpoint(messages)
             metrics.observe_batch([e.message.timestamp for e in batch], result.events, now)
             # Progress is reported only for what has been handed over above, so a
             # report never overtakes the ops of its own batch.
@@ -289,9 +358,18 @@ def create_app(
             kpi, channel, touchpoint = event.key.decode().split("|")
             body = json.loads(event.value)
             contribution = Contribution(
-                kpi, channel, touchpoint, float(body["at"]), tuple(body["counts"].items())
+                kpi,
+                channel,
+                touchpoint,
+                float(body["at"]),
+                tuple(body["counts"].items()),
+                body.get("src", ""),
+                int(body.get("off", -1)),
             )
-            dirty.update(aggregator.add(contribution))
+            changed = aggregator.add(contribution)
+            if not changed:
+                metrics.replayed_contributions.inc()  # a replay after a restart
+            dirty.update(changed)
 
     outcome_sources = [
         f"{topic}:{partition}"
@@ -315,11 +393,17 @@ def create_app(
             )
             if watermark is None:
                 continue
+            # Decisions taken at this message are numbered from its offset, so a
+            # replay of it after a restart is recognised by the KPI agent.
+            n = event.message.offset * 1_000_000
             for kind in KINDS:
                 decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
                 for decision in decisions:
                     for contribution in decision_contributions(kind, decision):
-                        await send_contribution(contribution)
+                        await send_contribution(
+                            replace(contribution, source=f"outcomes:{partition}", offset=n)
+                        )
+                    n += 1
 
     for kind, table in outcome_tables.items():
 

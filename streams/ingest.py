@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from touchstream.schemas import DeadLetter, Invalid, parse_event, parse_object
 from touchstream.schemas.events import AnyEvent, OrderPlaced
 from touchstream.schemas.pii import PiiKeyMissing, Pseudonymiser
 from touchstream.schemas.records import ValidationIssue
+from touchstream.streams.eventtime import SourceState
 from touchstream.streams.kpis import Contribution, contributions_of
 
 
@@ -25,13 +27,18 @@ class RawMessage:
 
 @dataclass(slots=True)
 class IngestResult:
-    """What a batch of raw messages became. Every input is in exactly one list."""
+    """What a batch of raw messages became. Every input is an event, a dead letter,
+    a duplicate or a replay (counted)."""
 
     events: list[AnyEvent] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # "topic:partition" of each event
+    on_time: list[bool] = field(default_factory=list)  # False: late, stored raw only
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     contributions: list[Contribution] = field(default_factory=list)
     by_reason: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)  # per topic
+    late: Counter[str] = field(default_factory=Counter)  # per topic
+    replayed: int = 0  # already covered by a checkpoint: skipped
 
 
 def ingest(
@@ -39,13 +46,25 @@ def ingest(
     received_at: datetime,
     max_bytes: int,
     pii: Pseudonymiser | None = None,
+    states: Mapping[str, SourceState] | None = None,
 ) -> IngestResult:
-    """Validate a batch. PII that an emitter left in clear is pseudonymised here
-    (schemas/pii.py); with no key it is refused (``unprotected_pii``), and dead
-    letters never keep it in clear."""
+    """Validate a batch, in offset order per source partition.
+
+    With ``states`` (one per "topic:partition"), messages a checkpoint already
+    covers are skipped, a repeated event_id is dropped as a duplicate, and an
+    event behind its partition's watermark is late: forwarded (stored raw) but
+    contributing to no KPI window. PII that an emitter left in clear is
+    pseudonymised here (schemas/pii.py); with no key it is refused
+    (``unprotected_pii``), and dead letters never keep it in clear."""
     pii = pii or Pseudonymiser(None)
+    states = states or {}
     result = IngestResult()
     for message in batch:
+        source = f"{message.topic}:{message.partition}"
+        state = states.get(source)
+        if state is not None and state.applied(message.offset):
+            result.replayed += 1
+            continue
         raw = message.value or b""
         parsed = parse_event(raw, max_bytes)
         if not isinstance(parsed, Invalid) and _may_hold_pii(parsed):
@@ -71,11 +90,23 @@ def ingest(
                 )
             )
             result.by_reason[parsed.reason] += 1
+            if state is not None:
+                state.skip(message.offset)
+            continue
+        verdict = "on_time"
+        if state is not None:
+            verdict = state.observe(message.offset, parsed.event_id, parsed.occurred_at.timestamp())
+        if verdict == "duplicate":
+            result.duplicates[message.topic] += 1
             continue
         event = parsed.model_copy(update={"received_at": received_at})
         result.events.append(event)
-        result.sources.append(f"{message.topic}:{message.partition}")
-        result.contributions.extend(contributions_of(event))
+        result.sources.append(source)
+        result.on_time.append(verdict == "on_time")
+        if verdict == "late":
+            result.late[message.topic] += 1
+            continue
+        result.contributions.extend(contributions_of(event, source, message.offset))
     return result
 
 
@@ -109,3 +140,47 @@ def _scrubbed(raw: bytes, pii: Pseudonymiser) -> bytes:
         return raw
     cleaned, found = pii.event(data, redact=True)
     return json.dumps(cleaned, ensure_ascii=False).encode() if found else raw
+
+
+@dataclass
+class Sequencer:
+    """Keeps each source partition in offset sequence after its checkpoint.
+
+    Faust may commit offsets of messages that a killed worker had fetched but
+    never handled; its successor then starts after them. A message beyond the
+    checkpoint's next offset asks for a seek back to it (returned once), and
+    that source's messages are held until the re-read reaches the checkpoint, or
+    for ``wait_s`` at most: a gap still there is a hole in the log (retention,
+    transaction markers), not a loss, and is accepted.
+    """
+
+    wait_s: float = 10.0
+    rewound: dict[str, float] = field(default_factory=dict)  # source → give up at
+
+    def admit(
+        self, batch: list[RawMessage], next_offsets: Mapping[str, int], now: float
+    ) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
+        """(messages to handle now, seeks as (topic, partition, offset))."""
+        admitted: list[RawMessage] = []
+        seeks: list[tuple[str, int, int]] = []
+        following: dict[str, int] = {}
+        for message in batch:
+            source = f"{message.topic}:{message.partition}"
+            expected = following.get(source, next_offsets.get(source, 0))
+            if not expected or message.offset <= expected:
+                self.rewound.pop(source, None)
+                admitted.append(message)
+                following[source] = max(expected, message.offset + 1)
+                continue
+            if source not in self.rewound:
+                self.rewound[source] = now + self.wait_s
+                seeks.append((message.topic, message.partition, expected))
+            if now < self.rewound[source]:
+                continue
+            del self.rewound[source]
+            admitted.append(message)
+            following[source] = message.offset + 1
+        return admitted, seeks
+
+    def forget(self, source: str) -> None:
+        self.rewound.pop(source, None)

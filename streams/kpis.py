@@ -51,6 +51,8 @@ class Contribution:
     touchpoint: str
     at: float
     counts: tuple[tuple[str, float], ...]
+    source: str = ""  # raw "topic:partition" of the event, for replay detection
+    offset: int = -1
 
     @property
     def group(self) -> str:
@@ -121,21 +123,31 @@ def contributions(
     return _spread(score_counts(event_type, score), channel, touchpoint, at)
 
 
-def contributions_of(event: AnyEvent) -> list[Contribution]:
+def contributions_of(event: AnyEvent, source: str = "", offset: int = -1) -> list[Contribution]:
     """Contributions of any event: to its (channel, touchpoint) and to overall."""
     return _spread(
-        event_counts(event), event.channel, event.touchpoint, event.occurred_at.timestamp()
+        event_counts(event),
+        event.channel,
+        event.touchpoint,
+        event.occurred_at.timestamp(),
+        source,
+        offset,
     )
 
 
 def _spread(
-    by_kpi: dict[str, dict[str, float]], channel: str, touchpoint: str, at: float
+    by_kpi: dict[str, dict[str, float]],
+    channel: str,
+    touchpoint: str,
+    at: float,
+    source: str = "",
+    offset: int = -1,
 ) -> list[Contribution]:
     out = []
     for kpi, counts in by_kpi.items():
         items = tuple(sorted(counts.items()))
-        out.append(Contribution(kpi, channel, touchpoint, at, items))
-        out.append(Contribution(kpi, OVERALL, OVERALL, at, items))
+        out.append(Contribution(kpi, channel, touchpoint, at, items, source, offset))
+        out.append(Contribution(kpi, OVERALL, OVERALL, at, items, source, offset))
     return out
 
 

@@ -267,6 +267,9 @@ class WorkerMetrics:
     alert_time_to_close: Histogram
     duplicates: Counter
     late_events: Counter
+    replayed: Counter
+    rewinds: Counter
+    replayed_contributions: Counter
     consumer_lag: PartitionLag
     processing_latency: BatchHistogram
     freshness: BatchHistogram
@@ -344,6 +347,24 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
             "worker_late_events",
             "Events beyond the allowed lateness (stored, not counted)",
             ["topic"],
+        ),
+        rewinds=Counter(
+            "worker_rewinds",
+            "Partitions sent back to their checkpoint after a gap (a killed predecessor)",
+            namespace=namespace,
+            registry=registry,
+        ),
+        replayed=Counter(
+            "worker_replayed",
+            "Raw messages re-read after a restart that a checkpoint already covered",
+            namespace=namespace,
+            registry=registry,
+        ),
+        replayed_contributions=Counter(
+            "worker_replayed_contributions",
+            "KPI contributions skipped as replays of ones already counted",
+            namespace=namespace,
+            registry=registry,
         ),
         consumer_lag=PartitionLag(
             Gauge(

@@ -236,15 +236,19 @@ def test_cohorts_by_first_channel(ch: Any, world: dict[str, Any]) -> None:
     links = persons(world["events"])
     first: dict[str, AnyEvent] = {}
     orders: Counter[str] = Counter()
+    cancelled: set[str] = set()
     for e in sorted(world["events"], key=lambda e: e.occurred_at):
         who = person_of(e, links)
         first.setdefault(who, e)
         orders[who] += e.event_type == "order_placed"
+        if e.event_type == "subscription_cancelled":
+            cancelled.add(who)
     want: dict[str, Counter[str]] = defaultdict(Counter)
     for who, e in first.items():
         want[e.channel]["customers"] += 1
         want[e.channel]["buyers"] += orders[who] > 0
         want[e.channel]["repeat_buyers"] += orders[who] > 1
+        want[e.channel]["churned"] += who in cancelled
     got = {row["first_channel"]: row for row in run(ch, world, "cohorts_by_first_channel")}
     assert len(want) >= 3
     assert set(got) == set(want)
@@ -255,8 +259,9 @@ def test_cohorts_by_first_channel(ch: Any, world: dict[str, Any]) -> None:
             counts["buyers"],
             counts["repeat_buyers"],
         )
-        # One simulated week: nobody ordered in a later week, nobody churned.
-        assert row["retention"] == 0 and row["churn"] == 0
+        # One simulated week: nobody ordered in a later week; churn = cancelled.
+        assert row["retention"] == 0
+        assert row["churn"] == round(counts["churned"] / counts["customers"], 4)
 
 
 def test_open_detractor_alerts_oldest_first(ch: Any, world: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from touchstream.streams.aggregate import KpiAggregator
-from touchstream.streams.kpis import contributions
+from touchstream.streams.kpis import Contribution, contributions
 from touchstream.streams.windows import DAY_S, Window
 
 T0 = int(datetime(2026, 11, 2, 9, 0, tzinfo=UTC).timestamp())
@@ -59,3 +59,20 @@ def test_state_values_are_fresh_dicts_so_tables_log_every_change() -> None:
     second = store[f"nps|web|delivery|300|{T0}"]
     assert first is not second
     assert first["responses"] == 1 and second["responses"] == 2
+
+
+def test_a_replayed_contribution_is_counted_once_per_bucket() -> None:
+    store: dict[str, dict[str, float]] = {}
+    aggregator = KpiAggregator(store, 3600, 300)
+    first = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),), "raw:0", 7)
+    assert aggregator.add(first)
+    assert aggregator.add(first) == []  # the same source offset again: a replay
+    earlier = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),), "raw:0", 6)
+    assert aggregator.add(earlier) == []  # behind the mark: replayed as well
+    other = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),), "raw:1", 6)
+    assert aggregator.add(other)  # another source partition
+    window = Window(900, 3600)
+    assert aggregator.counts("nps|web|checkout", window) == {"responses": 2.0}
+    assert aggregator.update("nps|web|checkout", window, 1, NOW).counts == {"responses": 2.0}
+    untraced = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),))
+    assert aggregator.add(untraced) and aggregator.add(untraced)  # no source: always counted
