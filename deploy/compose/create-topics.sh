@@ -54,6 +54,9 @@ create "${PREFIX}${TOUCHSTREAM_TOPICS__EVENTS:-touchstream.events.v1}" delete "$
 create "${PREFIX}${TOUCHSTREAM_TOPICS__KPI_CONTRIBUTIONS:-touchstream.kpi-contributions.v1}" delete "$INTERNAL_RETENTION"
 create "${PREFIX}${TOUCHSTREAM_TOPICS__ALERT_EVENTS:-touchstream.alert-events.v1}" delete "$INTERNAL_RETENTION"
 create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_EVENTS:-touchstream.outcome-events.v1}" delete "$INTERNAL_RETENTION"
+# Ingest checkpoints (dedup ids, watermarks, offsets per raw partition): state,
+# so compacted and kept forever like the changelogs.
+create "${PREFIX}${TOUCHSTREAM_TOPICS__INGEST_STATE:-touchstream.ingest-state.v1}" compact -1
 
 # Faust table changelogs (named <app id>-<table>-changelog by Faust): the tables'
 # state, compacted and kept forever (retention.ms=-1). A worker that takes over a
