@@ -84,6 +84,16 @@ class KafkaSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _delivery_outlasts_linger(self) -> KafkaSettings:
+        # kafka-python: delivery_timeout_ms >= linger_ms + request_timeout_ms (>= 500).
+        if self.delivery_timeout_ms < self.linger_ms + 1500:
+            raise ValueError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be at least "
+                f"linger_ms ({self.linger_ms}) + 1500"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_"):
             if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):

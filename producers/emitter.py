@@ -7,6 +7,7 @@ for ``max_block_ms``, ``emit`` raises :class:`BrokerUnavailable` instead of hang
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -63,6 +64,7 @@ class Emitter:
         self._producer: KafkaProducer | None = None
         self._pii = Pseudonymiser(settings.pii_key_bytes())
         self.failures: list[BaseException] = []
+        self._reported = 0  # failures already raised by flush()
 
     def _connect(self) -> KafkaProducer:
         kafka = self._settings.kafka
@@ -78,6 +80,8 @@ class Emitter:
             "batch_size": kafka.batch_bytes,
             "max_request_size": kafka.max_request_bytes,
             "max_block_ms": kafka.max_block_ms,
+            # The constructor bootstraps eagerly: bound it by the same deadline.
+            "bootstrap_timeout_ms": kafka.max_block_ms,
             "delivery_timeout_ms": kafka.delivery_timeout_ms,
             # kafka-python wants delivery_timeout > linger + request_timeout.
             "request_timeout_ms": max(
@@ -167,18 +171,44 @@ class Emitter:
         return future
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until every event sent so far is acknowledged or failed."""
+        """Wait until every event sent so far is acknowledged; raise
+        :class:`BrokerUnavailable` if any was not (they are in ``failures``)."""
         if self._producer is None:
             return
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaTimeoutError as exc:
             raise BrokerUnavailable(f"events not acknowledged within {timeout_s}s") from exc
+        self._raise_new_failures()
+
+    def _raise_new_failures(self) -> None:
+        new = self.failures[self._reported :]
+        self._reported = len(self.failures)
+        if new:
+            raise BrokerUnavailable(f"{len(new)} events were not delivered: {new[0]!r}")
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Flush for up to ``timeout_s``, then release the producer (its thread and
+        sockets) in any case; raise :class:`BrokerUnavailable` if events were left
+        undelivered."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close(timeout=timeout_s)
+        if producer is None:
+            return
+        undelivered = False
+        sender = getattr(producer, "_sender", None)  # kafka-python's network thread
+        try:
+            producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            undelivered = True
+            if sender is not None:
+                sender.force_close()  # fail what cannot be delivered, stop the thread
+        with contextlib.suppress(KafkaTimeoutError):
+            producer.close(timeout=0 if undelivered else timeout_s)
+        if undelivered and sender is not None:
+            sender.join(timeout=max(1.0, timeout_s))
+        if undelivered:
+            raise BrokerUnavailable(f"events still undelivered after {timeout_s}s; closed")
+        self._raise_new_failures()
 
     def __enter__(self) -> Emitter:
         return self

@@ -451,12 +451,6 @@ def test_send_raw_sends_bytes_as_they_are(
 # --- an unreachable broker: typed errors within a deadline, never a hang --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="producers/emitter.py builds KafkaProducer without bootstrap_timeout_ms, so "
-    "kafka-python's eager bootstrap blocks for its default 30 s, not max_block_ms "
-    "(fix: pass bootstrap_timeout_ms=kafka.max_block_ms)",
-)
 def test_a_closed_port_raises_BrokerUnavailable_within_max_block_ms(
     make_settings: SettingsFactory,
 ) -> None:
@@ -517,11 +511,6 @@ def test_with_the_broker_gone_emit_is_bounded_and_lost_events_are_counted(
     assert error is None or isinstance(error, BrokerUnavailable), repr(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Emitter.flush returns normally when the events it waited for failed (they are "
-    "only in emitter.failures and the failed metric): `with Emitter(...)` loses them silently",
-)
 def test_flush_raises_BrokerUnavailable_when_events_were_not_delivered(
     own_broker: LocalBroker, make_settings: SettingsFactory
 ) -> None:
@@ -538,11 +527,6 @@ def test_flush_raises_BrokerUnavailable_when_events_were_not_delivered(
         emitter.close(timeout_s=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Emitter.close(timeout_s) with events still pending lets kafka-python's raw "
-    "KafkaTimeoutError out, and leaves the producer's network thread running",
-)
 def test_close_with_undeliverable_events_is_bounded_typed_and_releases_the_producer(
     own_broker: LocalBroker, make_settings: SettingsFactory
 ) -> None:

@@ -99,3 +99,8 @@ def test_every_setting_has_a_variable() -> None:
     assert "TOUCHSTREAM_CLICKHOUSE__DSN" in names
     assert "TOUCHSTREAM_METRICS__PORT" in names
     assert all(name.isupper() and name.startswith("TOUCHSTREAM_") for name in names)
+
+
+def test_a_linger_longer_than_the_delivery_timeout_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="delivery_timeout_ms"):
+        load_settings({"TOUCHSTREAM_KAFKA__LINGER_MS": "40000"})
