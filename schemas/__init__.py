@@ -8,7 +8,7 @@ from touchstream.schemas.events import (
     Event,
     family,
 )
-from touchstream.schemas.parse import Invalid, parse_event, parse_object
+from touchstream.schemas.parse import Invalid, parse_batch, parse_event, parse_object
 from touchstream.schemas.records import DeadLetter, KpiUpdate, ValidationIssue
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "ValidationIssue",
     "family",
     "parse_event",
+    "parse_batch",
     "parse_object",
 ]

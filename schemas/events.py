@@ -72,7 +72,7 @@ class CartLineProps(_Priced):
     cart_id: Id
     sku: Id
     category: Id
-    quantity: int = Field(ge=1, le=10_000)
+    quantity: int = Field(strict=True, ge=1, le=10_000)
     price: Money
 
 
@@ -97,7 +97,7 @@ class OrderItem(BaseModel):
 
     sku: Id
     category: Id
-    quantity: int = Field(ge=1, le=10_000)
+    quantity: int = Field(strict=True, ge=1, le=10_000)
     price: Money
 
 
@@ -119,32 +119,34 @@ class SubscriptionProps(_Props):
 
 
 class NpsProps(_Props):
-    score: int = Field(ge=0, le=10)
+    score: int = Field(strict=True, ge=0, le=10)
     order_id: Id | None = None
     comment: Text | None = None
 
 
 class CsatProps(_Props):
-    score: int = Field(ge=1, le=5)
+    score: int = Field(strict=True, ge=1, le=5)
     order_id: Id | None = None
     comment: Text | None = None
 
 
 class CesProps(_Props):
-    score: int = Field(ge=1, le=7)
+    score: int = Field(strict=True, ge=1, le=7)
     order_id: Id | None = None
     comment: Text | None = None
 
 
 class IsnProps(_Props):
     attribute: Label
-    score: int = Field(ge=1, le=5)
+    score: int = Field(strict=True, ge=1, le=5)
 
 
 class CommentProps(_Props):
     text: Text = Field(min_length=1)
     sentiment: Literal["positive", "neutral", "negative"] | None = None
-    score: int | None = Field(default=None, ge=1, le=5, description="1-5, used when no label")
+    score: int | None = Field(
+        strict=True, default=None, ge=1, le=5, description="1-5, used when no label"
+    )
 
 
 class SupportContactProps(_Props):

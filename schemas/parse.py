@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,11 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> AnyEvent | Invalid:
         return _classify(raw, exc)
     except (ValueError, RecursionError) as exc:  # pragma: no cover - pydantic wraps these
         return Invalid("not_json", (ValidationIssue(field="", reason=str(exc), kind="json"),))
+
+
+def parse_batch(raws: Iterable[bytes], max_bytes: int = 64 * 1024) -> list[AnyEvent | Invalid]:
+    """Parse many wire messages; one result per input, in order. Never raises."""
+    return [parse_event(raw, max_bytes) for raw in raws]
 
 
 def parse_object(data: Any) -> AnyEvent | Invalid:

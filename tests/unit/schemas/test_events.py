@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.samples import PROPERTIES, wire
-from touchstream.schemas import EVENT_TYPES, Invalid, family, parse_event, parse_object
+from touchstream.schemas import EVENT_TYPES, Invalid, family, parse_batch, parse_event, parse_object
 from touchstream.schemas.events import NpsResponse
 
 
@@ -165,3 +165,17 @@ def test_nps_out_of_range_is_rejected_readably(score: int) -> None:
 def test_any_bytes_parse_or_are_invalid_never_raise(raw: bytes) -> None:
     result = parse_event(raw)
     assert isinstance(result, Invalid) or result.event_type in EVENT_TYPES
+
+
+def test_scores_are_integers_not_booleans_or_strings() -> None:
+    # JSON true would otherwise read as NPS 1: a detractor and an alert.
+    for score in (True, "5", 5.0):
+        event = wire("nps_response", properties={"score": score})
+        assert isinstance(parse_object(event), Invalid), score
+    assert not isinstance(parse_object(wire("nps_response", properties={"score": 5})), Invalid)
+
+
+def test_a_batch_parses_message_by_message() -> None:
+    good = json.dumps(wire("page_view")).encode()
+    results = parse_batch([good, b"{", good])
+    assert [type(r).__name__ for r in results] == ["PageView", "Invalid", "PageView"]
