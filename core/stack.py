@@ -152,10 +152,15 @@ class Stack:
         self._metrics_server = server
 
     def _start_worker(self) -> None:
+        self.worker = self.spawn_worker()
+
+    def spawn_worker(self, log_name: str = "worker.log") -> subprocess.Popen[bytes]:
+        """A stream worker process of this stack's consumer group (more of them
+        share the partitions); it dies with this process."""
         env = {**os.environ, **self.settings.as_env()}
-        log_file = open(self.logs / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        log_file = open(self.logs / log_name, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "touchstream.cli", "worker"],
                 env=env,
                 stdin=subprocess.DEVNULL,
