@@ -251,6 +251,9 @@ class StreamsSettings(BaseModel):
     abandonment_timeout_s: float = Field(
         default=1800, gt=0, description="a checkout/cart not completed within this is abandoned"
     )
+    churn_horizon_s: float = Field(
+        default=90 * 86_400, gt=0, description="no order for this long after the last: churned"
+    )
     allowed_lateness_s: float = Field(
         default=600, ge=0, description="abandonment waits this long for out-of-order events"
     )

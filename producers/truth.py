@@ -44,6 +44,15 @@ RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, float]] = {
     "checkout_abandonment": (("abandoned",), (), "decided", 1.0),
     "cart_abandonment": (("abandoned",), (), "decided", 1.0),
 }
+# Rates over a stock: numerator count, and the stock whose level at the window
+# start is the denominator (customers active; subscriptions active).
+STOCK_RATIOS: dict[str, tuple[str, str]] = {
+    "churn": ("churned", "active_delta"),
+    "churn_detractor": ("churned", "active_delta"),
+    "upsell": ("upgrades", "subscriptions"),
+}
+STOCK_KPI = {"active_delta": "churn", "subscriptions": "upsell"}
+CHURN_HORIZON_S = 90 * DAY_S
 
 
 Counts = dict[str, float]
@@ -71,8 +80,21 @@ class Truth:
     # (kpi, channel, touchpoint) → counts over the whole stream
     totals: dict[tuple[str, str, str], Counts] = field(default_factory=dict)
     undecided: dict[str, int] = field(default_factory=dict)
+    # stock → [(event time, +1 or -1)]: active customers, active subscriptions
+    stocks: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
-    def value(self, kpi: str, counts: Counts) -> tuple[float, float, float | None]:
+    def stock(self, name: str, at: float) -> float:
+        """The level of a stock just before ``at``."""
+        return sum(delta for t, delta in self.stocks.get(name, []) if t < at)
+
+    def value(
+        self, kpi: str, counts: Counts, window_start: float | None = None
+    ) -> tuple[float, float, float | None]:
+        if kpi in STOCK_RATIOS:
+            count, stock = STOCK_RATIOS[kpi]
+            numerator = counts.get(count, 0.0)
+            level = self.stock(stock, window_start) if window_start is not None else 0.0
+            return numerator, level, numerator / level if level else None
         plus, minus, denominator_name, scale = RATIOS[kpi.split(":", 1)[0]]
         numerator = sum(counts.get(n, 0.0) for n in plus) - sum(counts.get(n, 0.0) for n in minus)
         denominator = counts.get(denominator_name, 0.0)
@@ -88,7 +110,7 @@ class Truth:
         """One row per KPI window, as ``kpi_touchpoint`` holds them."""
         out = []
         for (kpi, channel, touchpoint, start, size), counts in sorted(self.windows.items()):
-            numerator, denominator, value = self.value(kpi, counts)
+            numerator, denominator, value = self.value(kpi, counts, start)
             out.append(
                 {
                     "kpi": kpi,
@@ -129,6 +151,7 @@ class Truth:
                     ),
                 }
                 for (kpi, channel, touchpoint), c in sorted(self.totals.items())
+                if kpi not in STOCK_RATIOS  # a stock has no level over a whole stream
             ],
             "windows": self.rows(),
         }
@@ -146,6 +169,7 @@ def ground_truth(
     daily: bool = True,
     allowed_lateness_s: float = 600.0,
     abandonment_timeout_s: float = 1800.0,
+    churn_horizon_s: float = CHURN_HORIZON_S,
 ) -> Truth:
     truth = Truth(window_size_s, window_step_s, daily, allowed_lateness_s, abandonment_timeout_s)
     seen: set[str] = set()
@@ -179,6 +203,7 @@ def ground_truth(
         for kpi, counts in _counts(event).items():
             _add(truth, kpi, event["channel"], event["touchpoint"], event["_at"], counts)
     _abandonment(truth, on_time, newest - allowed_lateness_s)
+    _customers(truth, on_time, newest - allowed_lateness_s, churn_horizon_s)
     return truth
 
 
@@ -234,9 +259,16 @@ def _windows(truth: Truth, at: float) -> list[tuple[int, int]]:
 
 
 def _add(
-    truth: Truth, kpi: str, channel: str, touchpoint: str, at: float, counts: dict[str, Any]
+    truth: Truth,
+    kpi: str,
+    channel: str,
+    touchpoint: str,
+    at: float,
+    counts: dict[str, Any],
+    overall: bool = True,
 ) -> None:
-    for group in ((channel, touchpoint), (OVERALL, OVERALL)):
+    groups = [(channel, touchpoint)] + ([(OVERALL, OVERALL)] if overall else [])
+    for group in groups:
         total = truth.totals.setdefault((kpi, *group), {})
         for name, count in counts.items():
             total[name] = total.get(name, 0.0) + float(count)
@@ -300,3 +332,94 @@ def _done(item: dict[str, Any], at: float) -> None:
     done = item.get("done")
     if done is None or at < done:
         item["done"] = at
+
+
+def _detractor(event: dict[str, Any]) -> bool:
+    kind, props = event["event_type"], event.get("properties", {})
+    score = props.get("score")
+    if kind == "nps_response":
+        return bool(score <= 6)
+    if kind in ("csat_response", "ces_response"):
+        return bool(score <= 2)
+    if kind == "comment":
+        label = props.get("sentiment")
+        return label == "negative" if label else (score is not None and score <= 2)
+    return False
+
+
+SUBSCRIPTION_KINDS = ("subscription_started", "subscription_cancelled", "plan_upgraded")
+
+
+def _customers(
+    truth: Truth, events: list[dict[str, Any]], final_watermark: float, horizon_s: float
+) -> None:
+    """Churn (two attributions) and upsell, PRODUCT.md with the README's choices:
+    active from the first order or subscription; churned on subscription_cancelled
+    or when the horizon passes after the last order with no subscription running;
+    attributed to the last interaction (and the last detractor feedback) before
+    the churning moment; rates over the stock active at the window start."""
+    timelines: dict[str, list[tuple[float, str, str, str, bool, str]]] = defaultdict(list)
+    for e in events:
+        if not e.get("customer_id"):
+            continue
+        kind = e["event_type"]
+        if kind == "order_placed":
+            kind = "order"
+        elif kind not in SUBSCRIPTION_KINDS:
+            kind = "touch"
+        subscription = e["properties"]["subscription_id"] if kind in SUBSCRIPTION_KINDS else ""
+        timelines[e["customer_id"]].append(
+            (e["_at"], kind, e["channel"], e["touchpoint"], _detractor(e), subscription)
+        )
+    stocks: dict[str, list[tuple[float, float]]] = {"active_delta": [], "subscriptions": []}
+
+    def stock(name: str, at: float, delta: float) -> None:
+        stocks[name].append((at, delta))
+        _add(truth, STOCK_KPI[name], OVERALL, OVERALL, at, {name: delta}, overall=False)
+
+    for timeline in timelines.values():
+        timeline.sort()
+        active = False
+        last_order: float | None = None
+        last_touch: tuple[str, str] | None = None
+        last_detractor: tuple[str, str] | None = None
+        running: dict[str, bool] = {}
+
+        def churn(at: float, touch: tuple[str, str] | None, bad: tuple[str, str] | None) -> bool:
+            stock("active_delta", at, -1.0)
+            if touch is not None:
+                _add(truth, "churn", *touch, at, {"churned": 1}, overall=False)
+            _add(truth, "churn", OVERALL, OVERALL, at, {"churned": 1}, overall=False)
+            if bad is not None:
+                _add(truth, "churn_detractor", *bad, at, {"churned": 1})
+            return False  # no longer active
+
+        for at, kind, channel, touchpoint, detractor, subscription in timeline:
+            if at > final_watermark:
+                break
+            if active and last_order is not None and not any(running.values()):
+                if last_order + horizon_s < at and last_order + horizon_s <= final_watermark:
+                    active = churn(last_order + horizon_s, last_touch, last_detractor)
+            if kind in ("order", "subscription_started") and not active:
+                active = True
+                stock("active_delta", at, 1.0)
+            if kind == "order":
+                last_order = at
+            elif kind == "subscription_started" and not running.get(subscription):
+                running[subscription] = True
+                stock("subscriptions", at, 1.0)
+            elif kind == "subscription_cancelled":
+                if running.get(subscription):
+                    stock("subscriptions", at, -1.0)
+                running[subscription] = False
+                if active:
+                    active = churn(at, last_touch, last_detractor)
+            elif kind == "plan_upgraded":
+                _add(truth, "upsell", channel, touchpoint, at, {"upgrades": 1})
+            last_touch = (channel, touchpoint)
+            if detractor:
+                last_detractor = (channel, touchpoint)
+        if active and last_order is not None and not any(running.values()):
+            if last_order + horizon_s <= final_watermark:
+                churn(last_order + horizon_s, last_touch, last_detractor)
+    truth.stocks = stocks

@@ -14,10 +14,11 @@ and one source's contributions reach a group in offset order, so this is exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import datetime
 
 from touchstream.schemas import KpiUpdate
+from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
 from touchstream.streams.kpis import Contribution, merge, value_of
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
@@ -37,6 +38,50 @@ class KpiAggregator:
         self.size_s = size_s
         self.step_s = step_s
         self.with_daily = with_daily
+        # Stock KPIs (churn, upsell): per stock, bucket start → net delta, and the
+        # buckets of the groups whose denominators read that stock.
+        self._stock: dict[str, dict[int, float]] = {name: {} for name in STOCK_GROUP}
+        self._readers: dict[str, set[tuple[str, int, int]]] = {name: set() for name in STOCK_GROUP}
+        self._indexed = False
+
+    def _index(self) -> None:
+        """Build the stock indexes from the store (at start and after recovery)."""
+        for name in STOCK_GROUP:
+            self._stock[name].clear()
+            self._readers[name].clear()
+        for key in list(self.store.keys()):
+            self._note(key, self.store.get(key) or {})
+        self._indexed = True
+
+    def _note(self, key: str, value: Mapping[str, float]) -> None:
+        kpi, channel, touchpoint, granularity, start = key.split("|")
+        stock = STOCK_KPIS.get(kpi)
+        if stock is None:
+            return
+        name = stock[1]
+        self._readers[name].add((f"{kpi}|{channel}|{touchpoint}", int(granularity), int(start)))
+        if int(granularity) == self.step_s and f"{kpi}|{channel}|{touchpoint}" == STOCK_GROUP[name]:
+            self._stock[name][int(start)] = float(value.get(name, 0.0))
+
+    def reindex(self) -> None:
+        self._indexed = False
+
+    def stock_level(self, name: str, at: int) -> float:
+        """A stock's level at ``at`` (a bucket boundary): the deltas before it."""
+        if not self._indexed:
+            self._index()
+        return sum(delta for start, delta in self._stock[name].items() if start < at)
+
+    def _stock_dirty(self, name: str, at: float) -> list[Dirty]:
+        """Windows whose denominator a delta of ``name`` at ``at`` changes."""
+        out: list[Dirty] = []
+        for group, granularity, start in self._readers[name]:
+            if granularity == DAY_S and self.with_daily:
+                windows = [Window(start, DAY_S)]
+            else:
+                windows = hopping(start, self.size_s, self.step_s)
+            out += [(group, w) for w in windows if w.start > at]
+        return out
 
     def _key(self, group: str, granularity: int, start: int) -> str:
         return f"{group}|{granularity}|{start}"
@@ -48,9 +93,14 @@ class KpiAggregator:
         counts = dict(contribution.counts)
         mark = (SOURCE_MARK + contribution.source, contribution.offset)
         bucket = bucket_of(contribution.at, self.step_s)
+        if not self._indexed:
+            self._index()
         dirty: list[Dirty] = []
         if self._bump(self._key(group, self.step_s, bucket), counts, mark):
             dirty += [(group, w) for w in hopping(contribution.at, self.size_s, self.step_s)]
+            for name in STOCK_GROUP:
+                if name in counts:
+                    dirty += self._stock_dirty(name, contribution.at)
         if self.with_daily:
             day = daily(contribution.at)
             if self._bump(self._key(group, DAY_S, day.start), counts, mark):
@@ -65,7 +115,8 @@ class KpiAggregator:
             if value.get(name, -1) >= offset:
                 return False
             value[name] = offset
-        self.store[key] = merge(value, counts)
+        self.store[key] = merged = merge(value, counts)
+        self._note(key, merged)
         return True
 
     def counts(self, group: str, window: Window) -> dict[str, float]:
@@ -85,7 +136,13 @@ class KpiAggregator:
     def update(self, group: str, window: Window, version: int, now: datetime) -> KpiUpdate:
         kpi, channel, touchpoint = group.split("|")
         counts = self.counts(group, window)
-        numerator, denominator, value = value_of(kpi, counts)
+        stock = STOCK_KPIS.get(kpi)
+        if stock is None:
+            numerator, denominator, value = value_of(kpi, counts)
+        else:  # a rate over the stock at the window start
+            numerator = counts.get(stock[0], 0.0)
+            denominator = self.stock_level(stock[1], window.start)
+            value = numerator / denominator if denominator else None
         return KpiUpdate(
             kpi=kpi,
             channel=channel,

@@ -43,6 +43,7 @@ from touchstream.streams.alerts import (
     slot_to_json,
 )
 from touchstream.streams.checkpoints import read_latest
+from touchstream.streams.customers import STOCK_KEY, CustomerBook, Touch, touch_of
 from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import RawMessage, Sequencer, ingest
 from touchstream.streams.kpis import Contribution
@@ -180,6 +181,16 @@ def create_app(
         # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
     trackers: dict[tuple[str, int], OutcomeTracker] = {}
+    customer_table = app.Table("customers", default=None, partitions=kafka.partitions, key_type=str)
+    books: dict[int, CustomerBook] = {}
+
+    def book(partition: int) -> CustomerBook:
+        found = books.get(partition)
+        if found is None:
+            store = PartitionStore(customer_table, partition)
+            found = books[partition] = CustomerBook(store, streams.churn_horizon_s)
+            found.rebuild()
+        return found
 
     def tracker(kind: str, partition: int) -> OutcomeTracker:
         found = trackers.get((kind, partition))
@@ -210,10 +221,12 @@ def create_app(
             "counts": dict(contribution.counts),
             "src": contribution.source,
             "off": contribution.offset,
+            "group": contribution.group,
         }
-        await contributions_topic.send(
-            key=contribution.group.encode(), value=json.dumps(body).encode()
-        )
+        # Rates over a stock (churn, upsell) are keyed by the stock, so the
+        # worker that holds a window's numerator also holds its denominator.
+        key = STOCK_KEY.get(contribution.kpi, contribution.group)
+        await contributions_topic.send(key=key.encode(), value=json.dumps(body).encode())
 
     raw_topics = set(raw_in.topics)
     states: dict[str, SourceState] = {}  # raw "topic:partition" → ingest state
@@ -326,6 +339,7 @@ def create_app(
                         key=event.properties.alert_id.encode(),
                         value=json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     )
+            touches: dict[str, list[Touch]] = {}
             for event, on_time in zip(result.events, result.on_time, strict=True):
                 if not on_time:
                     continue
@@ -334,6 +348,16 @@ def create_app(
                         key=f"{op.kind}|{op.entity_id}".encode(),
                         value=json.dumps(asdict(op)).encode(),
                     )
+                touched = touch_of(event)
+                if touched is not None:
+                    touches.setdefault(touched[0], []).append(touched[1])
+            for customer_id, customer_touches in touches.items():  # one message a customer
+                await outcome_events.send(
+                    key=f"customer|{customer_id}".encode(),
+                    value=json.dumps(
+                        {"customer": customer_id, "touches": customer_touches}
+                    ).encode(),
+                )
             for contribution in result.contributions:
                 await send_contribution(contribution)
             await app.producer.flush()
@@ -355,8 +379,8 @@ def create_app(
         # One message at a time: a table write is logged to the partition of the
         # message being processed, which take() batches would blur.
         async for event in stream.events():
-            kpi, channel, touchpoint = event.key.decode().split("|")
             body = json.loads(event.value)
+            kpi, channel, touchpoint = body.get("group", event.key.decode()).split("|")
             contribution = Contribution(
                 kpi,
                 channel,
@@ -386,6 +410,8 @@ def create_app(
             if "marks" in body:
                 for source, mark in body["marks"].items():
                     outcome_marks[f"{partition}|{source}"] = mark
+            elif "customer" in body:
+                book(partition).add(body["customer"], body["touches"])
             else:
                 apply(tracker(body["kind"], partition), Op(**body))
             watermark = combined_watermark(
@@ -404,6 +430,16 @@ def create_app(
                             replace(contribution, source=f"outcomes:{partition}", offset=n)
                         )
                     n += 1
+            for contribution in book(partition).decide(watermark - streams.allowed_lateness_s):
+                await send_contribution(
+                    replace(contribution, source=f"outcomes:{partition}", offset=n)
+                )
+                n += 1
+
+    @customer_table.on_recover
+    async def customers_recovered() -> None:
+        for found in books.values():
+            found.rebuild()
 
     for kind, table in outcome_tables.items():
 
@@ -467,6 +503,7 @@ def create_app(
     async def recovered() -> None:
         # Windows restored from the changelog are emitted again: an update that was
         # pending when the previous worker stopped is not lost.
+        aggregator.reindex()
         dirty.update(aggregator.all_windows())
 
     @app.timer(streams.kpi_emit_interval_s, name="touchstream.emit_kpis")
@@ -479,7 +516,7 @@ def create_app(
         version = time.time_ns()
         for group, window in pending:
             update = aggregator.update(group, window, version, now)
-            if not update.denominator:
+            if not update.counts:
                 continue  # not ours (partition moved away): its owner emits it
             await kpis_out.send(
                 key=f"{update.key}|{window.start}".encode(), value=update.model_dump_json().encode()

@@ -62,7 +62,7 @@ def make_settings(tmp_path: Path, chdb_dir: Path) -> SettingsFactory:
         base: dict[str, Any] = {
             "data_dir": str(tmp_path / "data"),
             "kafka": {"topic_prefix": f"t{unique}.", "session_timeout_ms": 6000},
-            "clickhouse": {"dsn": f"chdb://{chdb_dir}", "database": f"t_{unique}"},
+            "clickhouse": {"dsn": f"chdb://{chdb_dir}", "database": f"t_{unique}", "serve_port": 0},
             "metrics": {"port": 0, "worker_port": 0},
             "streams": {"app_id": f"ts-{unique}"},
             "sink": {"group_id": f"sink-{unique}", "flush_interval_s": 0.3},

@@ -130,3 +130,53 @@ def test_ambiguous_lateness_is_refused() -> None:
     stream = [msg("page_view", 60, who="a"), msg("page_view", 45, who="b")]
     with pytest.raises(AmbiguousLateness):
         ground_truth(stream, allowed_lateness_s=1200)  # 15 min behind, 0.4 x 20 = 8 allowed
+
+
+def test_churn_and_upsell_by_hand() -> None:
+    order: dict[str, Any] = {
+        "order_id": "o",
+        "total": "1",
+        "currency": "EUR",
+        "items": [{"sku": "s", "category": "a", "quantity": 1, "price": "1"}],
+    }
+    sub = {"subscription_id": "s-1", "plan": "basic"}
+    stream = [
+        msg("order_placed", 0, who="c-a", touchpoint="order_confirmation", **order),
+        msg("subscription_started", 1, who="c-b", touchpoint="account", **sub),
+        msg("nps_response", 2, who="c-a", touchpoint="delivery", score=3),
+        msg("page_view", 3, who="c-a", touchpoint="home", url="/"),
+        msg("plan_upgraded", 10, who="c-b", touchpoint="account", **sub),
+        msg(
+            "subscription_started",
+            12,
+            who="c-a",
+            touchpoint="account",
+            subscription_id="s-2",
+            plan="basic",
+        ),
+        msg(
+            "subscription_cancelled",
+            20,
+            who="c-a",
+            touchpoint="account",
+            subscription_id="s-2",
+            plan="basic",
+        ),
+        msg("page_view", 90, who="c-z", touchpoint="home", url="/"),
+    ]
+    truth = ground_truth(stream, allowed_lateness_s=600)
+    start = int(T0.timestamp())
+    rows = {
+        (r["kpi"], r["touchpoint"], r["window_start"], r["window_size"]): r for r in truth.rows()
+    }
+    # c-a churns at 10:20, attributed to its last interaction before (the
+    # subscription start at "account") and to its detractor NPS at "delivery".
+    hour = start + 20 * 60 - 3600 + 300  # the first hourly window holding 10:20
+    row = rows[("churn", "account", hour, 3600)]
+    assert (row["numerator"], row["denominator"]) == (1.0, 0.0)  # nobody active before 09:25
+    row = rows[("churn", "account", start + 900, 3600)]  # from 10:15: c-a and c-b active
+    assert (row["numerator"], row["denominator"], row["value"]) == (1.0, 2.0, 0.5)
+    assert rows[("churn_detractor", "delivery", start + 900, 3600)]["numerator"] == 1.0
+    # c-b's upgrade at 10:10 over the subscriptions running at 10:05 (c-b's own).
+    row = rows[("upsell", "account", start + 300, 3600)]
+    assert (row["numerator"], row["denominator"]) == (1.0, 1.0)

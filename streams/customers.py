@@ -1,0 +1,240 @@
+"""Customer-level KPIs, pure: churn (two attributions) and upsell.
+
+Definitions (PRODUCT.md, with the choices written in the README):
+
+- A customer becomes *active* at their first order or subscription start, and
+  stops being active when they *churn*: on ``subscription_cancelled``, or when
+  the churn horizon (default 90 days) passes after their last order with no
+  order since and no subscription still running. A later order or subscription
+  makes them active again.
+- ``churn`` per (channel, touchpoint) = customers who churned in the window,
+  attributed to the touchpoint (and channel) of their last interaction *before*
+  the churning moment, ÷ customers active (overall) at the window start; so the
+  per-touchpoint rates add up to the overall one, as for checkout abandonment.
+  ``churn_detractor`` is the same, attributed to the customer's last detractor
+  feedback (NPS ≤ 6, CSAT ≤ 2, CES ≤ 2, negative comment); churned customers
+  without one are not in its numerator.
+- ``upsell`` per (channel, touchpoint) = plan_upgraded events in the window at
+  that touchpoint ÷ subscriptions active (overall) at the window start.
+
+Everything about a customer is applied in event time once the watermark has
+passed it (the same combined watermark as abandonment), so arrival order across
+the raw topics does not matter. A stock (active customers, active
+subscriptions) at an instant is the sum of the deltas before it; deltas are
+contributions ``active_delta`` / ``subscription_delta`` to the overall group.
+
+State lives in any mutable mapping of JSON-able dicts, one per customer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from touchstream.schemas.events import (
+    AnyEvent,
+    CesResponse,
+    Comment,
+    CsatResponse,
+    NpsResponse,
+    OrderPlaced,
+    PlanUpgraded,
+    SubscriptionCancelled,
+    SubscriptionStarted,
+)
+from touchstream.streams.kpis import OVERALL, Contribution
+
+# kpi → (its count, the stock whose level at the window start is its denominator)
+STOCK_KPIS = {
+    "churn": ("churned", "active_delta"),
+    "churn_detractor": ("churned", "active_delta"),
+    "upsell": ("upgrades", "subscriptions"),
+}
+# The overall group that holds each stock's deltas.
+STOCK_GROUP = {"active_delta": "churn|all|all", "subscriptions": "upsell|all|all"}
+# Stock KPIs share a KPI partition per stock, so a window's denominator is local.
+STOCK_KEY = {kpi: f"stock|{stock}" for kpi, (_, stock) in STOCK_KPIS.items()}
+
+Touch = list[Any]  # [at, kind, channel, touchpoint, detractor, subscription_id]
+
+
+def is_detractor(event: AnyEvent) -> bool:
+    if isinstance(event, NpsResponse):
+        return event.properties.score <= 6
+    if isinstance(event, CsatResponse | CesResponse):
+        return event.properties.score <= 2
+    if isinstance(event, Comment):
+        props = event.properties
+        if props.sentiment is not None:
+            return props.sentiment == "negative"
+        return props.score is not None and props.score <= 2
+    return False
+
+
+def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
+    """(customer_id, touch) for an identified event, else None."""
+    if not event.customer_id:
+        return None
+    kind = "touch"
+    subscription = ""
+    if isinstance(event, OrderPlaced):
+        kind = "order"
+    elif isinstance(event, SubscriptionStarted | SubscriptionCancelled | PlanUpgraded):
+        kind = event.event_type
+        subscription = event.properties.subscription_id
+    touch = [
+        event.occurred_at.timestamp(),
+        kind,
+        event.channel,
+        event.touchpoint,
+        is_detractor(event),
+        subscription,
+    ]
+    return event.customer_id, touch
+
+
+class CustomerBook:
+    """Customers' histories, applied in event time as the watermark passes. A heap
+    of due times (the next pending event, or the churn horizon), rebuilt from the
+    store after a restart, avoids scanning every customer."""
+
+    def __init__(self, store: MutableMapping[str, Any], horizon_s: float) -> None:
+        self.store = store
+        self.horizon_s = horizon_s
+        self._due: list[tuple[float, str]] = []
+
+    def rebuild(self) -> None:
+        self._due = []
+        for customer_id, state in self.store.items():
+            self._schedule(customer_id, state)
+
+    def _schedule(self, customer_id: str, state: dict[str, Any]) -> None:
+        times = [float(state["pending"][0][0])] if state["pending"] else []
+        horizon = self._horizon_due(state)
+        if horizon is not None:
+            times.append(horizon)
+        if times:
+            heapq.heappush(self._due, (min(times), customer_id))
+
+    def add(self, customer_id: str, touches: Iterable[Touch]) -> None:
+        state = self._state(customer_id)
+        pending = [list(t) for t in state["pending"]]
+        done = state.get("decided_until")
+        for touch in touches:
+            # A replayed batch adds nothing: what it carries is either pending
+            # already or behind the watermark this customer was decided to.
+            if list(touch) in pending or (done is not None and touch[0] <= done):
+                continue
+            bisect.insort(pending, list(touch))
+        state["pending"] = pending
+        self.store[customer_id] = state
+        self._schedule(customer_id, state)
+
+    def _state(self, customer_id: str) -> dict[str, Any]:
+        found = self.store.get(customer_id)
+        if found:
+            return dict(found)
+        return {
+            "pending": [],
+            "active": False,
+            "last_order": None,
+            "last_touch": None,
+            "last_detractor": None,
+            "subscriptions": {},
+        }
+
+    def decide(self, watermark: float) -> list[Contribution]:
+        """Apply every customer's history up to the watermark; the contributions."""
+        out: list[Contribution] = []
+        ready: set[str] = set()
+        while self._due and self._due[0][0] <= watermark:
+            ready.add(heapq.heappop(self._due)[1])
+        for customer_id in sorted(ready):
+            found = self.store.get(customer_id)
+            if found is None:
+                continue
+            state = dict(found)
+            self._advance(state, watermark, out)
+            state["decided_until"] = watermark
+            self.store[customer_id] = state
+            self._schedule(customer_id, state)
+        return out
+
+    def _advance(self, state: dict[str, Any], watermark: float, out: list[Contribution]) -> None:
+        pending = state["pending"]
+        due = 0
+        while True:
+            horizon = self._horizon_due(state)
+            next_at = pending[due][0] if due < len(pending) else None
+            if (
+                horizon is not None
+                and horizon <= watermark
+                and (next_at is None or horizon < next_at)
+            ):
+                self._churn(state, horizon, out)
+                continue
+            if next_at is None or next_at > watermark:
+                break
+            self._apply(state, pending[due], out)
+            due += 1
+        state["pending"] = pending[due:]
+
+    def _horizon_due(self, state: dict[str, Any]) -> float | None:
+        if not state["active"] or state["last_order"] is None:
+            return None
+        if any(status == "active" for status in state["subscriptions"].values()):
+            return None
+        return float(state["last_order"]) + self.horizon_s
+
+    def _apply(self, state: dict[str, Any], touch: Touch, out: list[Contribution]) -> None:
+        at, kind, channel, touchpoint, detractor, subscription = touch
+        subscriptions = dict(state["subscriptions"])
+        if kind == "order":
+            state["last_order"] = at
+            self._activate(state, at, out)
+        elif kind == "subscription_started":
+            if subscriptions.get(subscription) != "active":
+                subscriptions[subscription] = "active"
+                out.append(_stock("subscriptions", at, 1.0))
+            state["subscriptions"] = subscriptions
+            self._activate(state, at, out)
+        elif kind == "subscription_cancelled":
+            if subscriptions.get(subscription) == "active":
+                out.append(_stock("subscriptions", at, -1.0))
+            subscriptions[subscription] = "cancelled"
+            state["subscriptions"] = subscriptions
+            if state["active"]:
+                self._churn(state, at, out)
+        elif kind == "plan_upgraded":
+            counts = (("upgrades", 1.0),)
+            out.append(Contribution("upsell", channel, touchpoint, at, counts))
+            out.append(Contribution("upsell", OVERALL, OVERALL, at, counts))
+        # Every event is an interaction; the churning one counts after its churn.
+        state["last_touch"] = [at, channel, touchpoint]
+        if detractor:
+            state["last_detractor"] = [at, channel, touchpoint]
+
+    def _activate(self, state: dict[str, Any], at: float, out: list[Contribution]) -> None:
+        if not state["active"]:
+            state["active"] = True
+            out.append(_stock("active_delta", at, 1.0))
+
+    def _churn(self, state: dict[str, Any], at: float, out: list[Contribution]) -> None:
+        state["active"] = False
+        out.append(_stock("active_delta", at, -1.0))
+        counts = (("churned", 1.0),)
+        touch = state["last_touch"]
+        if touch is not None:
+            out.append(Contribution("churn", touch[1], touch[2], at, counts))
+        out.append(Contribution("churn", OVERALL, OVERALL, at, counts))
+        detractor = state["last_detractor"]
+        if detractor is not None:
+            out.append(Contribution("churn_detractor", detractor[1], detractor[2], at, counts))
+            out.append(Contribution("churn_detractor", OVERALL, OVERALL, at, counts))
+
+
+def _stock(name: str, at: float, delta: float) -> Contribution:
+    kpi = STOCK_GROUP[name].split("|", 1)[0]
+    return Contribution(kpi, OVERALL, OVERALL, at, ((name, delta),))
