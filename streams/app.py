@@ -61,7 +61,7 @@ from touchstream.streams.outcomes import (
 log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
-REWIND_WAIT_S = 10.0  # after seeking back to a checkpoint, how long a gap may stay
+REWIND_RETRY_S = 5.0  # a seek back to a checkpoint is asked again this often
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -231,7 +231,7 @@ def create_app(
     raw_topics = set(raw_in.topics)
     states: dict[str, SourceState] = {}  # raw "topic:partition" → ingest state
 
-    sequencer = Sequencer(REWIND_WAIT_S)
+    sequencer = Sequencer(REWIND_RETRY_S)
 
     async def admit(messages: list[RawMessage]) -> list[RawMessage]:
         """The messages to handle now, in sequence per source partition.

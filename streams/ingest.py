@@ -148,14 +148,19 @@ class Sequencer:
 
     Faust may commit offsets of messages that a killed worker had fetched but
     never handled; its successor then starts after them. A message beyond the
-    checkpoint's next offset asks for a seek back to it (returned once), and
-    that source's messages are held until the re-read reaches the checkpoint, or
-    for ``wait_s`` at most: a gap still there is a hole in the log (retention,
-    transaction markers), not a loss, and is accepted.
+    checkpoint's next offset asks for a seek back to it, and that source's
+    messages are held until the re-read arrives. The re-read is recognised by
+    its offsets: it starts at the checkpoint, below the message that revealed
+    the gap, while messages fetched before the seek come after that one. A
+    re-read starting above the checkpoint (but not above that message) shows a
+    hole in the log (retention, transaction markers), which is accepted. A seek
+    can fail during a rebalance, so it is asked again every ``retry_s`` while
+    the source is held.
     """
 
-    wait_s: float = 10.0
-    rewound: dict[str, float] = field(default_factory=dict)  # source → give up at
+    retry_s: float = 5.0
+    # source → (checkpoint offset, offset that revealed the gap, seek again at)
+    rewound: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
     def admit(
         self, batch: list[RawMessage], next_offsets: Mapping[str, int], now: float
@@ -167,19 +172,19 @@ class Sequencer:
         for message in batch:
             source = f"{message.topic}:{message.partition}"
             expected = following.get(source, next_offsets.get(source, 0))
-            if not expected or message.offset <= expected:
+            held = self.rewound.get(source)
+            in_sequence = not expected or message.offset <= expected
+            if in_sequence or (held is not None and message.offset <= held[1]):
                 self.rewound.pop(source, None)
                 admitted.append(message)
                 following[source] = max(expected, message.offset + 1)
                 continue
-            if source not in self.rewound:
-                self.rewound[source] = now + self.wait_s
+            if held is None:
+                self.rewound[source] = (expected, message.offset, now + self.retry_s)
                 seeks.append((message.topic, message.partition, expected))
-            if now < self.rewound[source]:
-                continue
-            del self.rewound[source]
-            admitted.append(message)
-            following[source] = message.offset + 1
+            elif now >= held[2]:
+                self.rewound[source] = (held[0], held[1], now + self.retry_s)
+                seeks.append((message.topic, message.partition, held[0]))
         return admitted, seeks
 
     def forget(self, source: str) -> None:

@@ -96,7 +96,7 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
             stack.kill_worker(restart=True)
             await asyncio.to_thread(send, messages[half:])
 
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 240
             got: dict[Key, tuple[float, float]] = {}
             while time.monotonic() < deadline:
                 stack.check()

@@ -87,7 +87,7 @@ def test_two_workers_one_killed_and_back_kpis_exact(
             stack.kill_worker(restart=True)  # the killed worker comes back
             await asyncio.to_thread(send, messages[2 * third :])
 
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 240
             got: dict[Any, tuple[float, float]] = {}
             while time.monotonic() < deadline:
                 stack.check()
