@@ -45,7 +45,7 @@ from touchstream.streams.alerts import (
 from touchstream.streams.checkpoints import read_latest
 from touchstream.streams.customers import STOCK_KEY, CustomerBook, Touch, touch_of
 from touchstream.streams.eventtime import SourceState
-from touchstream.streams.ingest import RawMessage, Sequencer, ingest
+from touchstream.streams.ingest import RawMessage, Sequencer, forwarded, ingest
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcomes import (
     KINDS,
@@ -315,9 +315,8 @@ def create_app(
             messages = await admit(messages)
             result = ingest(messages, now, streams.max_event_bytes, pii, states)
             for event, on_time in zip(result.events, result.on_time, strict=True):
-                value = event.model_dump_json(exclude_none=True).encode()
-                if not on_time:  # the sink stores it, flagged; no KPI window counts it
-                    value = value[:-1] + b',"late":true}'
+                # A late event is stored, flagged; no KPI window counts it.
+                value = forwarded(event, now, late=not on_time)
                 await events_out.send(key=event.identity.encode(), value=value)
                 metrics.events_valid.labels(event.event_type).inc()
             metrics.duplicates.inc(sum(result.duplicates.values()))

@@ -15,6 +15,7 @@ import hashlib
 import heapq
 import json
 import struct
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,8 +68,10 @@ class Deduplicator:
 
 
 def id_hash(event_id: object) -> int:
-    """64 bits of an event id (BLAKE2b): 8 bytes of state per remembered id."""
-    return int.from_bytes(hashlib.blake2b(str(event_id).encode(), digest_size=8).digest(), "little")
+    """64 bits of an event id (BLAKE2b of its 16 bytes): 8 bytes of state per id.
+    Hashed, not truncated: time-based UUIDs share their low bits per host."""
+    data = event_id.bytes if isinstance(event_id, uuid.UUID) else str(event_id).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 Verdict = Literal["duplicate", "late", "on_time"]

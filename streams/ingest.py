@@ -99,7 +99,7 @@ def ingest(
         if verdict == "duplicate":
             result.duplicates[message.topic] += 1
             continue
-        event = parsed.model_copy(update={"received_at": received_at})
+        event = parsed  # received_at goes into the forwarded bytes (forwarded())
         result.events.append(event)
         result.sources.append(source)
         result.on_time.append(verdict == "on_time")
@@ -189,3 +189,16 @@ class Sequencer:
 
     def forget(self, source: str) -> None:
         self.rewound.pop(source, None)
+
+
+def forwarded(event: AnyEvent, received_at: datetime, late: bool) -> bytes:
+    """The bytes for the sink: the event with ``received_at`` set by the pipeline,
+    and ``late`` when it is beyond the allowed lateness. Spliced into the JSON
+    rather than copying the model (a copy per event costs ~10 µs)."""
+    if event.received_at is not None:  # the pipeline's time wins over an emitter's
+        event = event.model_copy(update={"received_at": None})
+    body = event.model_dump_json(exclude_none=True).encode()
+    extra = b',"received_at":"' + received_at.isoformat().encode() + b'"'
+    if late:
+        extra += b',"late":true'
+    return body[:-1] + extra + b"}"

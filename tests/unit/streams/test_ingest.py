@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from tests.samples import wire
 from touchstream.schemas.pii import PREFIX, REDACTED, Pseudonymiser
-from touchstream.streams.ingest import RawMessage, Sequencer, ingest
+from touchstream.streams.ingest import RawMessage, Sequencer, forwarded, ingest
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
@@ -23,7 +23,9 @@ def test_every_message_is_an_event_or_a_dead_letter() -> None:
     ]
     result = ingest(batch, NOW, 64 * 1024)
     assert [e.event_type for e in result.events] == ["nps_response", "page_view"]
-    assert all(e.received_at == NOW for e in result.events)
+    sent = [json.loads(forwarded(e, NOW, late=False)) for e in result.events]
+    assert all(e["received_at"] == NOW.isoformat() and "late" not in e for e in sent)
+    assert json.loads(forwarded(result.events[0], NOW, late=True))["late"] is True
     assert [dl.source_offset for _, dl in result.dead_letters] == [1, 3]
     assert result.by_reason == {"not_json": 2}
     binary = result.dead_letters[1][1]
