@@ -1,4 +1,4 @@
--- description: Touchpoint x KPI grid over the last span_s seconds up to `until` (default now), summed over channels (or one channel): numerator, denominator and value per KPI and touchpoint, and over all touchpoints ('all'). The span is tiled by disjoint rolling windows (the one ending at the next step after `until`, then every window_size before it), so the sums are exact.
+-- description: Touchpoint x KPI grid over the last span_s seconds up to `until` (default now), summed over channels (or one channel): numerator, denominator and value per KPI and touchpoint, and over all touchpoints ('all'). The span is tiled by disjoint rolling windows (the one ending at the next step after `until`, then every window_size before it), so the sums are exact; churn and upsell divide by the stock at the earliest window's start.
 -- param: span_s UInt32 = 86400
 -- param: channel String = all
 -- param: until DateTime64(3, 'UTC') = 2100-01-01 00:00:00
@@ -8,7 +8,9 @@ SELECT
     kpi,
     if(grouping(tp) = 1, 'all', tp) AS touchpoint,
     sum(num) AS numerator,
-    sum(den) AS denominator,
+    -- Churn and upsell are rates over a stock (customers, subscriptions) at the
+    -- window start: over the span, the stock at its earliest window, not a sum.
+    if(kpi IN ('churn', 'churn_detractor', 'upsell'), argMin(den, start), sum(den)) AS denominator,
     round(if(kpi = 'nps' OR startsWith(kpi, 'isn:'), 100, 1) * numerator / nullIf(denominator, 0), 4) AS value,
     min(start) AS since,
     max(end) AS until
