@@ -548,7 +548,7 @@ def simulate(
     from touchstream.producers.emitter import EmitError, Emitter
     from touchstream.producers.send import send_messages
     from touchstream.producers.simulator import SimulationConfig, Simulator
-    from touchstream.producers.truth import ground_truth
+    from touchstream.producers.truth import truth_for
 
     settings = _settings()
     streams = settings.streams
@@ -576,14 +576,7 @@ def simulate(
         raise typer.BadParameter(str(exc)) from exc
     with err.status("simulating"):
         messages = Simulator(config).messages()
-        result = ground_truth(
-            messages,
-            window_size_s=streams.window_size_s,
-            window_step_s=streams.window_step_s,
-            daily=streams.daily_window,
-            allowed_lateness_s=streams.allowed_lateness_s,
-            abandonment_timeout_s=streams.abandonment_timeout_s,
-        )
+        result = truth_for(messages, streams)
     truth.write_text(json.dumps(result.to_json(), indent=1) + "\n")
     if jsonl is not None:
         with jsonl.open("wb") as out:

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from touchstream.producers.simulator import Message
+from touchstream.settings import StreamsSettings
 
 DAY_S = 86_400
 OVERALL = "all"
@@ -332,6 +333,19 @@ def _done(item: dict[str, Any], at: float) -> None:
     done = item.get("done")
     if done is None or at < done:
         item["done"] = at
+
+
+def truth_for(messages: Iterable[Message], streams: StreamsSettings) -> Truth:
+    """The ground truth under a worker's stream settings (windows, lateness, timeouts)."""
+    return ground_truth(
+        messages,
+        window_size_s=streams.window_size_s,
+        window_step_s=streams.window_step_s,
+        daily=streams.daily_window,
+        allowed_lateness_s=streams.allowed_lateness_s,
+        abandonment_timeout_s=streams.abandonment_timeout_s,
+        churn_horizon_s=streams.churn_horizon_s,
+    )
 
 
 def _detractor(event: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from tests.conftest import SettingsFactory
 from tests.integration.test_exact_kpis import kpi_rows, landed
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.producers.truth import ground_truth
+from touchstream.producers.truth import truth_for
 from touchstream.stack import Stack
 
 
@@ -44,14 +44,7 @@ def test_two_workers_one_killed_and_back_kpis_exact(
         settle=True,
     )
     messages = Simulator(config).messages()
-    truth = ground_truth(
-        messages,
-        window_size_s=streams.window_size_s,
-        window_step_s=streams.window_step_s,
-        daily=streams.daily_window,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-    )
+    truth = truth_for(messages, streams)
     want = {
         (r["kpi"], r["channel"], r["touchpoint"], r["window_start"], r["window_size"]): (
             r["numerator"],
