@@ -9,22 +9,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.schemas import Invalid, parse_object
+from tests.unit.sinks.world import Feeder, simulated_events
+from touchstream.producers.simulator import SimulationConfig
+from touchstream.schemas import parse_object
 from touchstream.schemas.events import AnyEvent, CaseClosed
-from touchstream.sinks import metrics as sink_metrics
 from touchstream.sinks import named
-from touchstream.sinks.base import SourceRecord
-from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
-from touchstream.sinks.migrate import migrate
 from touchstream.streams.aggregate import KpiAggregator
 from touchstream.streams.alerts import AlertBook, raise_alert
 from touchstream.streams.kpis import contributions
 from touchstream.streams.windows import hopping
 
-TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl", "alerts": "al"}
 START = datetime(2026, 11, 2, 6, tzinfo=UTC)
 NOW = datetime(2026, 11, 3, 12, tzinfo=UTC)
 STEPS = ("shipping", "payment", "review")
@@ -34,23 +29,13 @@ STEPS = ("shipping", "payment", "review")
 def world(ch: Any) -> dict[str, Any]:
     """A database holding 80 simulated customers (with re-delivered duplicates),
     their KPI windows and closed-loop alerts, half of them closed."""
-    database = f"q_{uuid.uuid4().hex[:8]}"
-    migrate(ch, database)
-    events: list[AnyEvent] = []
-    for wire in Simulator(SimulationConfig(customers=80, seed=21, start=START)).events():
-        parsed = parse_object(wire)
-        assert not isinstance(parsed, Invalid), parsed
-        events.append(parsed.model_copy(update={"received_at": NOW}))
-    sink = ClickHouseSink(
-        lambda: ch, database, default_routes(TOPICS), sink_metrics.create(CollectorRegistry())
+    feeder = Feeder(ch, "q")
+    database = feeder.database
+    _, events = simulated_events(
+        SimulationConfig(customers=80, seed=21, start=START), lambda _: NOW
     )
-    sink.setup()
-    offset = 0
-
-    def send(topic: str, value: bytes) -> None:
-        nonlocal offset
-        sink.add(SourceRecord(topic, 0, offset, None, value))
-        offset += 1
+    sink = feeder.sink
+    send = feeder.send
 
     for event in events + events[::7]:  # every 7th event delivered twice
         send("ev", event.model_dump_json(exclude_none=True).encode())

@@ -4,31 +4,24 @@ ground truth of tests/truth.py worked out from the same events."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from tests import truth
 from tests.unit.sinks.test_named_queries import person_of, persons
-from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.schemas import Invalid, parse_object
+from tests.unit.sinks.world import Feeder, simulated_events
+from touchstream.producers.simulator import SimulationConfig
 from touchstream.schemas.events import AnyEvent
 from touchstream.schemas.records import DeadLetter
-from touchstream.sinks import metrics as sink_metrics
 from touchstream.sinks import named
-from touchstream.sinks.base import SourceRecord
-from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
-from touchstream.sinks.migrate import migrate
 from touchstream.streams.aggregate import KpiAggregator
 from touchstream.streams.alerts import raise_alert
 from touchstream.streams.kpis import contributions_of
 from touchstream.streams.outcomes import OutcomeTracker, apply, decision_contributions, ops_of
 
-TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl", "alerts": "al"}
 START = datetime(2026, 11, 2, 6, tzinfo=UTC)
 NOW = START + timedelta(hours=7, minutes=2)  # the page's "now": after all the traffic
 SQL_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -48,24 +41,13 @@ def world(ch: Any) -> dict[str, Any]:
     """120 simulated customers (every 9th event re-delivered), their KPI windows from
     the stream's pure logic (per-event KPIs and abandonment), alerts (every third
     closed) and dead letters, one hour ago and two hours ago."""
-    database = f"p_{uuid.uuid4().hex[:8]}"
-    migrate(ch, database)
-    wires = list(Simulator(SimulationConfig(customers=120, seed=11, start=START)).events())
-    events: list[AnyEvent] = []
-    for n, wire in enumerate(wires):
-        parsed = parse_object(wire)
-        assert not isinstance(parsed, Invalid), parsed
-        events.append(parsed.model_copy(update={"received_at": received(n)}))
-    sink = ClickHouseSink(
-        lambda: ch, database, default_routes(TOPICS), sink_metrics.create(CollectorRegistry())
+    feeder = Feeder(ch, "p")
+    database = feeder.database
+    wires, events = simulated_events(
+        SimulationConfig(customers=120, seed=11, start=START), received
     )
-    sink.setup()
-    offset = 0
-
-    def send(topic: str, value: bytes) -> None:
-        nonlocal offset
-        sink.add(SourceRecord(topic, 0, offset, None, value))
-        offset += 1
+    sink = feeder.sink
+    send = feeder.send
 
     for event in events + events[::9]:
         send("ev", event.model_dump_json(exclude_none=True).encode())
