@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 EDITABLE := --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-.PHONY: install demo up test lint unit integration bench clean prometheus-tools
+.PHONY: install demo up test lint unit integration bench bench-quick clean prometheus-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,9 +66,16 @@ chromium:
 integration: install
 	$(BIN)/pytest tests/integration
 
-# Benchmarks are scripts that print figures (and merge them into build/bench.json).
+# Benchmarks are scripts that print figures into a table and build/bench.json (README,
+# "Performance"): drain, baseline, ceiling, freshness, memory, py-spy profile of the
+# worker, then the HTTP SELECT benchmark. One run each; bench-quick is the same, smaller.
 bench: install
-	$(BIN)/python -m tests.perf.bench_http --rate 10000 --seconds 30
+	$(BIN)/python -m tests.perf.bench --events 1000000 --rate 10000 --fresh-seconds 30 \
+	  --naive-seconds 60 --drain-budget 1200 --memory-budget 600 --http-seconds 30
+
+bench-quick: install
+	$(BIN)/python -m tests.perf.bench --events 100000 --rate 10000 --fresh-seconds 10 \
+	  --naive-seconds 20 --drain-budget 300 --memory-budget 180 --http-seconds 10
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis

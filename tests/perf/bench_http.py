@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000, help="events/s produced")
     parser.add_argument("--seconds", type=int, default=30, help="how long to produce")
     parser.add_argument("--query", default="kpi_by_touchpoint", help="named query to time")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to merge into")
     args = parser.parse_args()
     console = Console()
     figures = asyncio.run(run(args.rate, args.seconds, args.query, console))
@@ -139,11 +140,12 @@ def main() -> None:
     for key, value in figures.items():
         table.add_row(key, str(value))
     console.print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: Path = args.results
+    results.parent.mkdir(parents=True, exist_ok=True)
+    merged = json.loads(results.read_text() or "{}") if results.exists() else {}
     merged.update(figures)
-    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
-    console.print(f"written to {RESULTS}")
+    results.write_text(json.dumps(merged, indent=2) + "\n")
+    console.print(f"written to {results}")
 
 
 if __name__ == "__main__":
