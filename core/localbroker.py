@@ -3,7 +3,10 @@
 Started on a free loopback port, declared ready only once it answers a Kafka
 ApiVersions request, stopped with SIGTERM then SIGKILL. The child is tied to
 its parent with PR_SET_PDEATHSIG, so it does not outlive a killed parent.
-Memory storage only: a restart loses topics and offsets (see README).
+Memory storage by default: a restart loses topics and offsets (see README).
+With an ``s3://`` storage engine (and the ``AWS_*`` variables of its endpoint in
+``env``) the data lives in the object store and survives a restart on the same
+port; the reliability tests use that (tests/reliability/objectstore.py).
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (connections of a stopped broker
+    lingering in TIME_WAIT do not count: a restart may take the port again)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -109,6 +115,8 @@ class LocalBroker:
         log_path: Path | None = None,
         startup_timeout_s: float = 20.0,
         binary: str | None = None,
+        storage_engine: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -116,6 +124,8 @@ class LocalBroker:
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
         self._binary = binary
+        self.storage_engine = storage_engine
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -155,7 +165,7 @@ class LocalBroker:
 
     def _spawn(self, binary: str) -> None:
         url = f"tcp://{self.host}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV} | self.env
         env.setdefault("RUST_LOG", "warn")
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +182,7 @@ class LocalBroker:
                     "--advertised-listener-url",
                     url,
                     "--storage-engine",
-                    "memory://tansu/",
+                    self.storage_engine,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -12,28 +12,11 @@ from typing import Any
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
+from tests.reconcile import Key, kpi_rows, landed
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.simulator import SimulationConfig, Simulator
 from touchstream.producers.truth import ground_truth
 from touchstream.stack import Stack
-
-Key = tuple[str, str, str, int, int]
-
-
-def kpi_rows(ch: Any, db: str) -> dict[Key, tuple[float, float]]:
-    rows = ch.query(
-        f"SELECT kpi, channel, touchpoint, toUnixTimestamp(window_start), window_size, "
-        f"numerator, denominator FROM {db}.kpi_touchpoint FINAL"
-    ).result_rows
-    return {(k, c, t, int(s), int(z)): (float(n), float(d)) for k, c, t, s, z, n, d in rows}
-
-
-def landed(ch: Any, db: str) -> tuple[int, int, int]:
-    events, late = ch.query(
-        f"SELECT count(), countIf(late = 1) FROM {db}.events FINAL"
-    ).result_rows[0]
-    dead = ch.query(f"SELECT count() FROM {db}.dead_letters FINAL").result_rows[0][0]
-    return int(events), int(late), int(dead)
 
 
 def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(

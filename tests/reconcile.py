@@ -1,0 +1,140 @@
+"""Reconciliation by event_id, shared by the end-to-end and reliability tests.
+
+What was produced (simulated messages) must equal what landed: every distinct
+valid event_id once in ClickHouse ``events`` (late ones flagged), every
+malformed message in ``dead_letters`` with its expected reason, and every KPI
+window in ``kpi_touchpoint`` equal to the simulator's ground truth
+(producers/truth.py, computed from PRODUCT.md's definitions without pipeline code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+
+from touchstream.producers.simulator import Message
+from touchstream.producers.truth import Truth, ground_truth
+from touchstream.settings import Settings, StreamsSettings
+from touchstream.stack import Stack
+
+Key = tuple[str, str, str, int, int]
+
+
+def kpi_rows(ch: Any, db: str) -> dict[Key, tuple[float, float]]:
+    """Every KPI window in ClickHouse (latest version): key → (numerator, denominator)."""
+    rows = ch.query(
+        f"SELECT kpi, channel, touchpoint, toUnixTimestamp(window_start), window_size, "
+        f"numerator, denominator FROM {db}.kpi_touchpoint FINAL"
+    ).result_rows
+    return {(k, c, t, int(s), int(z)): (float(n), float(d)) for k, c, t, s, z, n, d in rows}
+
+
+def landed(ch: Any, db: str) -> tuple[int, int, int]:
+    """(events, late events, dead letters) in ClickHouse, duplicates collapsed."""
+    events, late = ch.query(
+        f"SELECT count(), countIf(late = 1) FROM {db}.events FINAL"
+    ).result_rows[0]
+    dead = ch.query(f"SELECT count() FROM {db}.dead_letters FINAL").result_rows[0][0]
+    return int(events), int(late), int(dead)
+
+
+def dead_letter_reasons(ch: Any, db: str) -> Counter[str]:
+    rows = ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason")
+    return Counter({str(reason): int(n) for reason, n in rows.result_rows})
+
+
+@dataclass
+class Expected:
+    """What must land for a list of simulated messages, per the ground truth."""
+
+    truth: Truth
+    kpis: dict[Key, tuple[float, float]]
+    event_ids: set[str]  # distinct valid events: rows of `events`
+    late_ids: set[str]  # ... of which beyond the allowed lateness (events.late = 1)
+    dead_letters: Counter[str] = field(default_factory=Counter)  # reason → count
+
+
+def expect(messages: Sequence[Message], streams: StreamsSettings) -> Expected:
+    truth = ground_truth(
+        messages,
+        window_size_s=streams.window_size_s,
+        window_step_s=streams.window_step_s,
+        daily=streams.daily_window,
+        allowed_lateness_s=streams.allowed_lateness_s,
+        abandonment_timeout_s=streams.abandonment_timeout_s,
+    )
+    kpis = {
+        (r["kpi"], r["channel"], r["touchpoint"], r["window_start"], r["window_size"]): (
+            r["numerator"],
+            r["denominator"],
+        )
+        for r in truth.rows()
+    }
+    ids = {json.loads(m.value)["event_id"] for m in messages if not m.kind.startswith("malformed")}
+    late = {json.loads(m.value)["event_id"] for m in messages if m.kind == "late"}
+    assert len(ids) == truth.events and len(late) == truth.late  # the truth agrees
+    return Expected(truth, kpis, ids, late, Counter(truth.dead_letters))
+
+
+def mismatches(ch: Any, db: str, want: Expected) -> list[str]:
+    """Every way ClickHouse differs from ``want`` (empty: reconciled)."""
+    problems: list[str] = []
+    rows = ch.query(
+        f"SELECT toString(event_id), count(), max(late) FROM {db}.events FINAL GROUP BY event_id"
+    ).result_rows
+    ids = {str(i) for i, _, _ in rows}
+    doubled = [i for i, n, _ in rows if n > 1]
+    late = {str(i) for i, _, flag in rows if flag}
+    if ids != want.event_ids:
+        missing, extra = want.event_ids - ids, ids - want.event_ids
+        problems.append(
+            f"events: {len(missing)} of {len(want.event_ids)} missing (e.g. "
+            f"{sorted(missing)[:3]}), {len(extra)} unexpected (e.g. {sorted(extra)[:3]})"
+        )
+    if doubled:
+        problems.append(f"{len(doubled)} event_ids twice in events FINAL, e.g. {doubled[:3]}")
+    if late != want.late_ids:
+        problems.append(f"late events: {len(late)} flagged, {len(want.late_ids)} expected")
+    reasons = dead_letter_reasons(ch, db)
+    if reasons != want.dead_letters:
+        problems.append(f"dead letters {dict(reasons)} != expected {dict(want.dead_letters)}")
+    got = kpi_rows(ch, db)
+    if got != want.kpis:
+        differ = {k: (v, got.get(k)) for k, v in want.kpis.items() if got.get(k) != v}
+        extra_windows = {k: got[k] for k in set(got) - set(want.kpis)}
+        problems.append(
+            f"{len(differ)} KPI windows differ in {sorted({k[0] for k in differ})}, e.g. "
+            f"{list(differ.items())[:3]}; {len(extra_windows)} extra, e.g. "
+            f"{list(extra_windows.items())[:3]}"
+        )
+    return problems
+
+
+async def until_reconciled(
+    stack: Stack, ch: Any, db: str, want: Expected, timeout_s: float = 120
+) -> float:
+    """Poll until ClickHouse equals ``want`` (raising as soon as a part of the stack
+    dies); returns the seconds it took. Fails with every remaining difference."""
+    started = time.monotonic()
+    problems = ["not checked yet"]
+    while time.monotonic() - started < timeout_s:
+        stack.check()
+        problems = await asyncio.to_thread(mismatches, ch, db, want)
+        if not problems:
+            return time.monotonic() - started
+        await asyncio.sleep(1)
+    raise AssertionError(f"not reconciled after {timeout_s:.0f}s: " + "; ".join(problems))
+
+
+def send(producer: KafkaProducer, settings: Settings, messages: Iterable[Message]) -> None:
+    """Send simulated messages as they are, to their family's raw topic; wait for acks."""
+    for m in messages:
+        producer.send(settings.topic(m.family), key=m.key, value=m.value)
+    producer.flush()
