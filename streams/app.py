@@ -57,6 +57,7 @@ from touchstream.streams.outcomes import (
     decision_contributions,
     ops_of,
 )
+from touchstream.streams.outputs import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,23 @@ def create_app(
     raw_in = raw_topic(
         settings.topic("clickstream"), settings.topic("orders"), settings.topic("feedback")
     )
-    events_out = raw_topic(settings.topic("events"))
-    dead_letters_out = raw_topic(settings.topic("dead_letters"))
-    kpis_out = raw_topic(settings.topic("kpis"))
     contributions_topic = raw_topic(settings.topic("kpi_contributions"))
     alert_events = raw_topic(settings.topic("alert_events"))
-    alerts_out = raw_topic(settings.topic("alerts"))
     outcome_events = raw_topic(settings.topic("outcome_events"))
-    ingest_state = raw_topic(settings.topic("ingest_state"))
+    # Everything but table changelogs goes out through the batching producer.
+    outputs = Outputs(settings)
+    events_name, dead_letters_name = settings.topic("events"), settings.topic("dead_letters")
+    kpis_name, alerts_name = settings.topic("kpis"), settings.topic("alerts")
+    contributions_name = settings.topic("kpi_contributions")
+    alert_events_name = settings.topic("alert_events")
+    outcome_events_name = settings.topic("outcome_events")
+    ingest_state_name = settings.topic("ingest_state")
+
+    async def stop_outputs(app: faust.App, **_: Any) -> None:
+        await outputs.stop()
+
+    app.on_before_shutdown.connect(stop_outputs)  # type: ignore[arg-type]
+
     metrics.prime(raw_in.topics)
 
     buckets = app.Table(
@@ -226,7 +236,7 @@ def create_app(
         # Rates over a stock (churn, upsell) are keyed by the stock, so the
         # worker that holds a window's numerator also holds its denominator.
         key = STOCK_KEY.get(contribution.kpi, contribution.group)
-        await contributions_topic.send(key=key.encode(), value=json.dumps(body).encode())
+        await outputs.send(contributions_name, json.dumps(body).encode(), key=key.encode())
 
     raw_topics = set(raw_in.topics)
     states: dict[str, SourceState] = {}  # raw "topic:partition" → ingest state
@@ -272,8 +282,8 @@ def create_app(
         for source in sorted({f"{m.topic}:{m.partition}" for m in messages}):
             partition = int(source.rsplit(":", 1)[1])
             for key, value in states[source].checkpoint():
-                await ingest_state.send(key=key.encode(), value=value, partition=partition)
-        await app.producer.flush()
+                await outputs.send(ingest_state_name, value, key=key.encode(), partition=partition)
+        await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
     progress: dict[str, float] = {}  # raw source → latest event time read from it
@@ -295,7 +305,7 @@ def create_app(
         if report:
             body = json.dumps({"marks": report}).encode()
             for partition in range(kafka.partitions):
-                await outcome_events.send(value=body, partition=partition)
+                await outputs.send(outcome_events_name, body, partition=partition)
 
     @app.agent(raw_in, name="touchstream.ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
@@ -317,49 +327,53 @@ def create_app(
             for event, on_time in zip(result.events, result.on_time, strict=True):
                 # A late event is stored, flagged; no KPI window counts it.
                 value = forwarded(event, now, late=not on_time)
-                await events_out.send(key=event.identity.encode(), value=value)
+                await outputs.send(events_name, value, key=event.identity.encode())
                 metrics.events_valid.labels(event.event_type).inc()
             metrics.duplicates.inc(sum(result.duplicates.values()))
             metrics.replayed.inc(result.replayed)
             for topic, count in result.late.items():
                 metrics.late_events.labels(topic).inc(count)
             for key, dead_letter in result.dead_letters:
-                await dead_letters_out.send(key=key, value=dead_letter.model_dump_json().encode())
+                await outputs.send(
+                    dead_letters_name, dead_letter.model_dump_json().encode(), key=key
+                )
                 metrics.dead_letters.labels(dead_letter.reason).inc()
             for event in result.events:
                 alert = raise_alert(event, now)
                 if alert is not None:
-                    await alert_events.send(
+                    await outputs.send(
+                        alert_events_name,
+                        json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
                         key=alert.alert_id.encode(),
-                        value=json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
                     )
                 elif isinstance(event, CaseClosed):
-                    await alert_events.send(
+                    await outputs.send(
+                        alert_events_name,
+                        json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                         key=event.properties.alert_id.encode(),
-                        value=json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     )
             touches: dict[str, list[Touch]] = {}
             for event, on_time in zip(result.events, result.on_time, strict=True):
                 if not on_time:
                     continue
                 for op in ops_of(event):
-                    await outcome_events.send(
+                    await outputs.send(
+                        outcome_events_name,
+                        json.dumps(asdict(op)).encode(),
                         key=f"{op.kind}|{op.entity_id}".encode(),
-                        value=json.dumps(asdict(op)).encode(),
                     )
                 touched = touch_of(event)
                 if touched is not None:
                     touches.setdefault(touched[0], []).append(touched[1])
             for customer_id, customer_touches in touches.items():  # one message a customer
-                await outcome_events.send(
+                await outputs.send(
+                    outcome_events_name,
+                    json.dumps({"customer": customer_id, "touches": customer_touches}).encode(),
                     key=f"customer|{customer_id}".encode(),
-                    value=json.dumps(
-                        {"customer": customer_id, "touches": customer_touches}
-                    ).encode(),
                 )
             for contribution in result.contributions:
                 await send_contribution(contribution)
-            await app.producer.flush()
+            await outputs.flush()
             await checkpoint(messages)
             metrics.observe_batch([e.message.timestamp for e in batch], result.events, now)
             # Progress is reported only for what has been handed over above, so a
@@ -434,6 +448,8 @@ def create_app(
                     replace(contribution, source=f"outcomes:{partition}", offset=n)
                 )
                 n += 1
+            if n != event.message.offset * 1_000_000:
+                await outputs.flush()  # decisions out before this message is acknowledged
 
     @customer_table.on_recover
     async def customers_recovered() -> None:
@@ -449,7 +465,9 @@ def create_app(
                     found.rebuild()
 
     async def emit_alert(alert: Any) -> None:
-        await alerts_out.send(key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
+        await outputs.send(
+            alerts_name, alert.model_dump_json().encode(), key=alert.alert_id.encode()
+        )
         metrics.alerts.labels(alert.status, alert.kind).inc()
         if alert.status == "closed" and alert.time_to_close_s is not None:
             metrics.alert_time_to_close.observe(max(0.0, alert.time_to_close_s))
@@ -473,6 +491,7 @@ def create_app(
             alert_slots[alert_id] = slot_to_json(slot)
             if emitted is not None:
                 await emit_alert(emitted)
+                await outputs.flush()  # an alert is never left in a buffer
 
     @app.timer(1.0, name="touchstream.outcome_progress")
     async def outcome_progress() -> None:
@@ -492,8 +511,10 @@ def create_app(
             open_count += 1
             past_sla += slot.status == "overdue"
             if on_tick(slot, now, streams.alert_sla_s)[1] is not None:
-                await alert_events.send(
-                    key=alert_id.encode(), value=json.dumps({"tick": now.isoformat()}).encode()
+                await outputs.send(
+                    alert_events_name,
+                    json.dumps({"tick": now.isoformat()}).encode(),
+                    key=alert_id.encode(),
                 )
         metrics.alerts_open.set(open_count)
         metrics.alerts_past_sla.set(past_sla)
@@ -517,11 +538,14 @@ def create_app(
             update = aggregator.update(group, window, version, now)
             if not update.counts:
                 continue  # not ours (partition moved away): its owner emits it
-            await kpis_out.send(
-                key=f"{update.key}|{window.start}".encode(), value=update.model_dump_json().encode()
+            await outputs.send(
+                kpis_name,
+                update.model_dump_json().encode(),
+                key=f"{update.key}|{window.start}".encode(),
             )
             metrics.kpi_updates.labels(update.kpi).inc()
             metrics.kpis.observe(update)
+        await outputs.flush()
 
     lag_topics = {
         t

@@ -66,6 +66,7 @@ create "${APP_ID}-alert-slots-changelog" compact -1
 create "${APP_ID}-outcome-checkout-changelog" compact -1
 create "${APP_ID}-outcome-cart-changelog" compact -1
 create "${APP_ID}-outcome-marks-changelog" compact -1
+create "${APP_ID}-customers-changelog" compact -1
 
 "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   | grep -E '^Topic:' || true
