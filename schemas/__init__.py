@@ -8,7 +8,13 @@ from touchstream.schemas.events import (
     Event,
     family,
 )
-from touchstream.schemas.parse import Invalid, parse_batch, parse_event, parse_object
+from touchstream.schemas.parse import (
+    Invalid,
+    check_event_time,
+    parse_batch,
+    parse_event,
+    parse_object,
+)
 from touchstream.schemas.records import DeadLetter, KpiUpdate, ValidationIssue
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "Invalid",
     "KpiUpdate",
     "ValidationIssue",
+    "check_event_time",
     "family",
     "parse_event",
     "parse_batch",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,6 +41,34 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> AnyEvent | Invalid:
         return _classify(raw, exc)
     except (ValueError, RecursionError) as exc:  # pragma: no cover - pydantic wraps these
         return Invalid("not_json", (ValidationIssue(field="", reason=str(exc), kind="json"),))
+
+
+# Event time the pipeline accepts (check_event_time). Before EARLIEST_EVENT_TIME no
+# KPI window can be stored (ClickHouse DateTime starts in 1970) and no storefront
+# event is that old; more than MAX_FUTURE_S ahead of the pipeline's clock is a
+# broken emitter clock, and would drag its partition's watermark ahead, making
+# the next genuine events late. MAX_FUTURE_S is below the default allowed
+# lateness (600 s), so an accepted clock skew never turns an on-time event late.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_FUTURE_S = 300.0
+
+
+def check_event_time(
+    event: AnyEvent, received_at: datetime, max_future_s: float = MAX_FUTURE_S
+) -> AnyEvent | Invalid:
+    """The event, or ``timestamp_out_of_range`` when its ``occurred_at`` is before
+    EARLIEST_EVENT_TIME or more than ``max_future_s`` after ``received_at``. An old
+    but plausible time is valid (the stream decides whether it is late)."""
+    at = event.occurred_at
+    if at < EARLIEST_EVENT_TIME:
+        kind, reason = "ancient", f"before {EARLIEST_EVENT_TIME.date().isoformat()}"
+    elif (at - received_at).total_seconds() > max_future_s:
+        ahead = (at - received_at).total_seconds()
+        kind, reason = "future", f"{ahead:.0f}s after it was received (at most {max_future_s:g}s)"
+    else:
+        return event
+    issue = ValidationIssue(field="occurred_at", reason=reason, kind=kind)
+    return Invalid("timestamp_out_of_range", (issue,), event.event_type, str(event.event_id))
 
 
 def parse_batch(raws: Iterable[bytes], max_bytes: int = 64 * 1024) -> list[AnyEvent | Invalid]:

@@ -17,6 +17,7 @@ DeadLetterReason = Literal[
     "missing_identity",
     "schema_violation",
     "unprotected_pii",
+    "timestamp_out_of_range",
 ]
 
 

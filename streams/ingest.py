@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from touchstream.schemas import DeadLetter, Invalid, parse_event, parse_object
+from touchstream.schemas import (
+    DeadLetter,
+    Invalid,
+    check_event_time,
+    parse_event,
+    parse_object,
+)
 from touchstream.schemas.events import AnyEvent, OrderPlaced
 from touchstream.schemas.pii import PiiKeyMissing, Pseudonymiser
 from touchstream.schemas.records import ValidationIssue
@@ -67,6 +73,8 @@ def ingest(
             continue
         raw = message.value or b""
         parsed = parse_event(raw, max_bytes)
+        if not isinstance(parsed, Invalid):  # future or ancient: timestamp_out_of_range
+            parsed = check_event_time(parsed, received_at)
         if not isinstance(parsed, Invalid) and _may_hold_pii(parsed):
             parsed = _pseudonymised(parsed, pii)
         if isinstance(parsed, Invalid):

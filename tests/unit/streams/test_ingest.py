@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tests.samples import wire
 from touchstream.schemas.pii import PREFIX, REDACTED, Pseudonymiser
@@ -138,7 +138,8 @@ def test_with_states_duplicates_late_and_replays_are_told_apart() -> None:
         msg(3, json.dumps(late).encode()),  # 10 min 1 s behind the newest
         msg(4, b"{oops"),
     ]
-    result = ingest(batch, NOW, 64 * 1024, None, states)
+    received = NOW + timedelta(hours=1)  # after every event: none is in the future
+    result = ingest(batch, received, 64 * 1024, None, states)
     assert [e.event_type for e in result.events] == [
         "nps_response",
         "csat_response",
@@ -149,5 +150,5 @@ def test_with_states_duplicates_late_and_replays_are_told_apart() -> None:
     assert {c.offset for c in result.contributions} == {0, 1}  # the late one counts nowhere
     assert all(c.source == "cx.feedback.v1:2" for c in result.contributions)
     states["cx.feedback.v1:2"].checkpoint()
-    again = ingest(batch, NOW, 64 * 1024, None, states)  # a restart replays the batch
+    again = ingest(batch, received, 64 * 1024, None, states)  # a restart replays it
     assert again.replayed == 5 and again.events == [] and again.dead_letters == []
