@@ -158,6 +158,14 @@ def machine() -> dict[str, Any]:
     commit = subprocess.run(  # noqa: S603 - fixed argv
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    dirty = subprocess.run(  # noqa: S603 - fixed argv
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if commit and dirty:
+        commit += "+uncommitted changes"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": model,
@@ -197,7 +205,7 @@ class Options:
     profile: bool
     keep: bool
     drain_budget: float = 1200.0
-    fresh_wait: float = 60.0
+    fresh_wait: float = 120.0
     memory_budget: float = 600.0
     profile_seconds: int = 60
     one_record_batches: bool | None = None  # None: the product's default (on, locally)
@@ -516,7 +524,8 @@ class Bench:
         py_spy = Path(sys.executable).with_name("py-spy")
         PROFILE.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(  # noqa: S603 - the pinned py-spy next to our interpreter
-            [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--threads"]
+            [str(py_spy), "record", "--pid", str(pid), "--nonblocking", "--format", "raw"]
+            + ["--threads"]
             + ["--function", "--rate", "100", "--duration", str(self.o.profile_seconds)]
             + ["--output", str(PROFILE)],
             stdin=subprocess.DEVNULL,
@@ -541,16 +550,18 @@ class Bench:
         profile = Profile.load(PROFILE, ticks_of(text))
         threads = profile.threads()
         main = next((t for t in threads if t.endswith("MainThread")), None)
+        top = profile.top(main, n=80)
+        root = max((incl for _, _, incl in top), default=0.0)
         self.profile_top = {
             "ticks": profile.ticks,
             "threads_busy": {t: round(c / profile.ticks, 3) for t, c in threads.most_common(6)},
             "main_thread": main,
-            # Below the event loop: frames in (nearly) every sample of the thread are
-            # its root chain (runpy, typer, mode's worker, run_forever), not news.
+            # Below the event loop: the frames in (nearly) every sample of the thread
+            # are its root chain (runpy, typer, mode's worker, run_forever), not news.
             "main_top_inclusive": [
                 (frame, round(own, 3), round(incl, 3))
-                for frame, own, incl in profile.top(main, n=80)
-                if main is not None and incl < 0.9 * threads[main] / profile.ticks
+                for frame, own, incl in top
+                if incl < 0.9 * root
             ][:25],
             "main_top_self": [(f, round(s, 3)) for f, s in profile.top_self(main, n=15)],
             "main_by_package": [(p, round(s, 3)) for p, s in profile.by_package(main)[:12]],
@@ -1003,7 +1014,7 @@ def main() -> None:
         "--drain-budget", type=float, default=1200.0, help="s; then the rate of what landed"
     )
     parser.add_argument(
-        "--fresh-wait", type=float, default=60.0, help="s to wait for the last probes/alerts"
+        "--fresh-wait", type=float, default=120.0, help="s to wait for the last probes/alerts"
     )
     parser.add_argument(
         "--memory-budget", type=float, default=600.0, help="s of the distinct-customer run"
