@@ -71,7 +71,7 @@ integration: install
 # worker, then the HTTP SELECT benchmark. One run each; bench-quick is the same, smaller.
 bench: install
 	$(BIN)/python -m tests.perf.bench --events 1000000 --rate 10000 --fresh-seconds 30 \
-	  --naive-seconds 60 --drain-budget 1200 --fresh-wait 120 --memory-budget 600 --http-seconds 30
+	  --naive-seconds 60 --drain-budget 2400 --fresh-wait 120 --memory-budget 600 --http-seconds 30
 
 bench-quick: install
 	$(BIN)/python -m tests.perf.bench --events 100000 --rate 10000 --fresh-seconds 10 \

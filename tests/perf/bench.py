@@ -972,7 +972,11 @@ def report(console: Console, figures: dict[str, Any], profile: dict[str, Any]) -
     for key, label in FIGURE_LABELS.items():
         if figures.get(key) is not None:
             value = figures[key]
-            table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
+            if isinstance(value, bool):
+                shown = "yes" if value else "no"
+            else:
+                shown = f"{value:,}" if isinstance(value, int) else str(value)
+            table.add_row(label, shown)
     console.print(table)
     targets = Table(title="Targets (issue 9)", title_justify="left")
     for column in ("target", "measured", "wanted", "met"):
