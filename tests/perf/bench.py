@@ -14,7 +14,8 @@ Phases, each against the same freshly started local broker and a temporary data 
    process, embedded ClickHouse) started on the preloaded topics, timed from start
    until every event is in `events` and the KPI windows count every NPS/CSAT/CES
    response overall and per (channel, touchpoint), with checkout abandonment
-   settled; py-spy samples the worker meanwhile (build/worker-profile.txt);
+   settled; py-spy samples the worker while events pour in and in the KPI tail
+   (build/worker-profile.txt, build/worker-profile-tail.txt);
 5. freshness: --rate events/s for --fresh-seconds, each stamped occurred_at = now
    when sent; "queryable" is when a poll of ClickHouse (every 0.1 s) first returns
    a probe event (every 50th has an identity of its own); alerts are timed from the
@@ -70,7 +71,12 @@ from touchstream.sinks.client import connect
 from touchstream.stack import Stack
 
 RESULTS = Path("build/bench.json")
-PROFILE = Path("build/worker-profile.txt")
+# py-spy's raw (collapsed) stacks of the worker: while events pour in, and after the
+# last one landed while the KPI windows catch up.
+PROFILES = {
+    "ingest": Path("build/worker-profile.txt"),
+    "tail": Path("build/worker-profile-tail.txt"),
+}
 SCORE_KPIS = ("nps", "csat", "ces")
 TARGETS = {  # issue 9; never lowered here
     "drain_eps": 100_000,
@@ -223,7 +229,8 @@ class Bench:
         self.figures: dict[str, Any] = {}
         self.broker = LocalBroker(log_path=self.logs / "broker.log")
         self.settings: Settings | None = None
-        self.profile_top: dict[str, Any] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self._spy_windows: dict[int, str] = {}
         self.bootstrap = ""
         self.worker_peaks: dict[str, float] = {}
 
@@ -445,13 +452,17 @@ class Bench:
                     first_at = now
                     cpu0 = watch.cpu()
                     if self.o.profile:
-                        spy = self._start_profiler(stack.worker.pid)
+                        spy = self._start_profiler(stack.worker.pid, "ingest")
                 if spy is not None and spy.poll() is not None:
                     self._stop_profiler(spy)  # its window ended
                     spy = None
                 if count >= n and all_at is None:
                     all_at = now
                     cpu1 = watch.cpu()
+                    if self.o.profile:
+                        if spy is not None:
+                            self._stop_profiler(spy)
+                        spy = self._start_profiler(stack.worker.pid, "tail")
                 responses_done = all(
                     overall.get(k, 0) == responses[k] and per_group.get(k, 0) == responses[k]
                     for k in SCORE_KPIS
@@ -520,18 +531,24 @@ class Bench:
             "worker_peak_rss_drain_mb",
         )
 
-    def _start_profiler(self, pid: int) -> subprocess.Popen[bytes]:
+    def _start_profiler(self, pid: int, window: str) -> subprocess.Popen[bytes]:
+        """py-spy on the worker for --profile-seconds at most. --nonblocking: pausing
+        the process at every sample (py-spy's default) slowed the drain ~15x here."""
         py_spy = Path(sys.executable).with_name("py-spy")
-        PROFILE.parent.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(  # noqa: S603 - the pinned py-spy next to our interpreter
+        path = PROFILES[window]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        spy = subprocess.Popen(  # noqa: S603 - the pinned py-spy next to our interpreter
             [str(py_spy), "record", "--pid", str(pid), "--nonblocking", "--format", "raw"]
             + ["--threads"]
             + ["--function", "--rate", "100", "--duration", str(self.o.profile_seconds)]
-            + ["--output", str(PROFILE)],
+            + ["--output", str(path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._spy_windows[spy.pid] = window
+        return spy
 
     def _stop_profiler(self, spy: subprocess.Popen[bytes]) -> None:
         from tests.perf.pyspy import Profile, ticks_of
@@ -543,16 +560,19 @@ class Bench:
             spy.kill()
             out, _ = spy.communicate()
         text = out.decode(errors="replace")
-        (self.logs / "py-spy.log").write_text(text)
-        if not PROFILE.exists():
+        window = self._spy_windows[spy.pid]
+        path = PROFILES[window]
+        (self.logs / f"py-spy-{window}.log").write_text(text)
+        if not path.exists():
             self.console.print(f"[yellow]py-spy wrote no profile: {text.strip()[-300:]}")
             return
-        profile = Profile.load(PROFILE, ticks_of(text))
+        profile = Profile.load(path, ticks_of(text))
         threads = profile.threads()
         main = next((t for t in threads if t.endswith("MainThread")), None)
         top = profile.top(main, n=80)
         root = max((incl for _, _, incl in top), default=0.0)
-        self.profile_top = {
+        self.profiles[window] = {
+            "file": str(path),
             "ticks": profile.ticks,
             "threads_busy": {t: round(c / profile.ticks, 3) for t, c in threads.most_common(6)},
             "main_thread": main,
@@ -567,7 +587,8 @@ class Bench:
             "main_by_package": [(p, round(s, 3)) for p, s in profile.by_package(main)[:12]],
         }
         if main is not None:
-            self.figures["worker_main_thread_busy"] = round(threads[main] / profile.ticks, 3)
+            busy = round(threads[main] / profile.ticks, 3)
+            self.figures[f"worker_main_thread_busy_{window}"] = busy
 
     async def freshness(self, stack: Stack, client: Any) -> None:
         """--rate events/s for --fresh-seconds into a started, idle pipeline."""
@@ -936,7 +957,8 @@ FIGURE_LABELS = {
     "drain_worker_cpu_cores": "drain: worker CPU, cores",
     "drain_sink_cpu_cores": "drain: sink process CPU, cores",
     "drain_broker_cpu_cores": "drain: broker CPU, cores",
-    "worker_main_thread_busy": "drain: worker main thread busy (py-spy)",
+    "worker_main_thread_busy_ingest": "drain: worker main thread busy (py-spy)",
+    "worker_main_thread_busy_tail": "drain, KPI tail: worker main thread busy",
     "freshness_rate_eps": "freshness: events/s produced",
     "freshness_p50_s": "freshness p50, s (occurred → queryable)",
     "freshness_p95_s": "freshness p95, s",
@@ -960,7 +982,7 @@ FIGURE_LABELS = {
 }
 
 
-def report(console: Console, figures: dict[str, Any], profile: dict[str, Any]) -> None:
+def report(console: Console, figures: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> None:
     m = figures["machine"]
     title = (
         f"Touchstream bench, {m['date']}: {m['cores']} cores {m['cpu']}, "
@@ -984,11 +1006,17 @@ def report(console: Console, figures: dict[str, Any], profile: dict[str, Any]) -
     for row in verdicts(figures):
         targets.add_row(*row)
     console.print(targets)
-    if profile.get("main_top_inclusive"):
+    titles = {
+        "ingest": "while events pour in",
+        "tail": "after the last event landed, until the KPIs are final",
+    }
+    for window, profile in profiles.items():
+        if not profile.get("main_top_inclusive"):
+            continue
         spy = Table(
             title=(
-                f"Worker main thread during the drain (py-spy, {profile['ticks']:,} samples at "
-                f"100 Hz; share of wall time; {PROFILE})"
+                f"Worker main thread {titles[window]} (py-spy, {profile['ticks']:,} samples "
+                f"at 100 Hz; share of wall time; {profile['file']})"
             ),
             title_justify="left",
         )
@@ -1068,9 +1096,9 @@ def main() -> None:
         figures.update(run_http_bench(console, options.http_seconds, options.rate))
     figures["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     figures["options"] = options.__dict__
-    if bench.profile_top:
-        figures["worker_profile"] = bench.profile_top
-    report(console, figures, bench.profile_top)
+    for window, profile in bench.profiles.items():
+        figures[f"worker_profile_{window}"] = profile
+    report(console, figures, bench.profiles)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     console.print(f"written to {args.out}")
