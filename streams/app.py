@@ -14,6 +14,7 @@ acknowledged: a crash is loud, and a restart re-reads the batch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
 REWIND_RETRY_S = 5.0  # a seek back to a checkpoint is asked again this often
+STALL_S = 10.0  # a source behind its highwater with no message for this long is re-read
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -243,6 +245,61 @@ def create_app(
 
     sequencer = Sequencer(REWIND_RETRY_S)
 
+    last_seen: dict[str, float] = {}  # source → when its latest message arrived
+
+    loading = asyncio.Lock()
+
+    async def load_states(partitions: set[int], forget: bool) -> None:
+        """Restore the checkpointed state of partitions new to this worker; with
+        ``forget`` (the ingest agent, between batches), drop those it no longer
+        owns (their next owner restores them)."""
+        async with loading:
+            if forget:
+                owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in raw_topics}
+                for source in [s for s in states if int(s.rsplit(":", 1)[1]) not in owned]:
+                    del states[source]
+                    sequencer.forget(source)
+            missing = {p for p in partitions if any(f"{t}:{p}" not in states for t in raw_topics)}
+            if not missing:
+                return
+            found = await read_latest(settings, settings.topic("ingest_state"), missing)
+            for partition, records in found.items():
+                for topic in raw_topics:
+                    source = f"{topic}:{partition}"
+                    if source not in states:
+                        states[source] = SourceState.restore(
+                            source, streams.allowed_lateness_s, records
+                        )
+
+    @app.timer(1.0, name="touchstream.ingest_sequence")
+    async def keep_sources_in_sequence() -> None:
+        """Sources with no messages coming also need their checkpoint: a partition
+        whose last messages a killed worker fetched but never handled (Faust
+        committed past them) gets nothing more to reveal the gap. Such a partition,
+        behind its highwater and quiet for a while, is sent back to its checkpoint;
+        held sources are asked again."""
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
+        await load_states({tp.partition for tp in owned}, forget=False)
+        now = time.monotonic()
+        seeks = sequencer.due(now)
+        for tp in owned:
+            source = f"{tp.topic}:{tp.partition}"
+            state, highwater = states.get(source), app.consumer.highwater(tp)
+            if state is None or highwater is None or state.next_offset >= highwater:
+                continue
+            if sequencer.held(source) or now - last_seen.get(source, now) < STALL_S:
+                last_seen.setdefault(source, now)
+                continue
+            last_seen[source] = now
+            seeks.append((tp.topic, tp.partition, state.next_offset))
+        for topic, partition, offset in seeks:
+            log.warning("%s:%d: resuming at its checkpoint %d", topic, partition, offset)
+            try:
+                await app.consumer.seek(TP(topic, partition), offset)
+            except Exception as exc:  # noqa: BLE001 - a rebalance moved it: asked again
+                log.warning("seek %s:%d failed (%r); asked again", topic, partition, exc)
+            metrics.rewinds.inc()
+
     async def admit(messages: list[RawMessage]) -> list[RawMessage]:
         """The messages to handle now, in sequence per source partition.
 
@@ -253,19 +310,10 @@ def create_app(
         (seek) and waits for it. A gap that remains after the seek is a hole in the
         log (retention, transaction markers), not a loss, and is accepted.
         """
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in raw_topics}
-        for source in [s for s in states if int(s.rsplit(":", 1)[1]) not in owned]:
-            del states[source]
-            sequencer.forget(source)
-        missing = {m.partition for m in messages if f"{m.topic}:{m.partition}" not in states}
-        if missing:
-            found = await read_latest(settings, settings.topic("ingest_state"), missing)
-            for partition, records in found.items():
-                for topic in raw_topics:
-                    source = f"{topic}:{partition}"
-                    states[source] = SourceState.restore(
-                        source, streams.allowed_lateness_s, records
-                    )
+        await load_states({m.partition for m in messages}, forget=True)
+        now = time.monotonic()
+        for message in messages:
+            last_seen[f"{message.topic}:{message.partition}"] = now
         admitted, seeks = sequencer.admit(
             messages,
             {source: state.next_offset for source, state in states.items()},
@@ -299,7 +347,9 @@ def create_app(
                 continue
             source = f"{tp.topic}:{tp.partition}"
             highwater = app.consumer.highwater(tp)
-            idle = highwater is not None and positions.get(source, 0) >= highwater
+            state = states.get(source)
+            position = max(positions.get(source, 0), state.next_offset if state else 0)
+            idle = highwater is not None and position >= highwater
             if idle or source in progress:
                 report[source] = {"at": progress.get(source), "idle": idle}
         if report:

@@ -195,6 +195,20 @@ class Sequencer:
                 seeks.append((message.topic, message.partition, held[0]))
         return admitted, seeks
 
+    def due(self, now: float) -> list[tuple[str, int, int]]:
+        """Seeks to ask again for held sources whose re-read has not come: asked
+        from a timer too, since a held source may get no more messages at all."""
+        seeks = []
+        for source, (expected, trigger, retry_at) in list(self.rewound.items()):
+            if now >= retry_at:
+                self.rewound[source] = (expected, trigger, now + self.retry_s)
+                topic, partition = source.rsplit(":", 1)
+                seeks.append((topic, int(partition), expected))
+        return seeks
+
+    def held(self, source: str) -> bool:
+        return source in self.rewound
+
     def forget(self, source: str) -> None:
         self.rewound.pop(source, None)
 

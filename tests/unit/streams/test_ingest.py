@@ -152,3 +152,12 @@ def test_with_states_duplicates_late_and_replays_are_told_apart() -> None:
     states["cx.feedback.v1:2"].checkpoint()
     again = ingest(batch, received, 64 * 1024, None, states)  # a restart replays it
     assert again.replayed == 5 and again.events == [] and again.dead_letters == []
+
+
+def test_a_held_source_is_asked_again_by_the_clock_alone() -> None:
+    sequencer = Sequencer(retry_s=5)
+    sequencer.admit([raw(0, 9)], {"raw:0": 5}, 0)
+    assert sequencer.held("raw:0")
+    assert sequencer.due(4) == []
+    assert sequencer.due(5) == [("raw", 0, 5)]  # no message needed to ask again
+    assert sequencer.due(6) == []
