@@ -14,8 +14,8 @@ Phases, each against the same freshly started local broker and a temporary data 
    process, embedded ClickHouse) started on the preloaded topics, timed from start
    until every event is in `events` and the KPI windows count every NPS/CSAT/CES
    response overall and per (channel, touchpoint), with checkout abandonment
-   settled; py-spy samples the worker while events pour in and in the KPI tail
-   (build/worker-profile.txt, build/worker-profile-tail.txt);
+   settled; py-spy samples the worker when events start to land, from half of them
+   on, and in the KPI tail (build/worker-profile{,-late,-tail}.txt);
 5. freshness: --rate events/s for --fresh-seconds, each stamped occurred_at = now
    when sent; "queryable" is when a poll of ClickHouse (every 0.1 s) first returns
    a probe event (every 50th has an identity of its own); alerts are timed from the
@@ -71,10 +71,12 @@ from touchstream.sinks.client import connect
 from touchstream.stack import Stack
 
 RESULTS = Path("build/bench.json")
-# py-spy's raw (collapsed) stacks of the worker: while events pour in, and after the
-# last one landed while the KPI windows catch up.
+# py-spy's raw (collapsed) stacks of the worker: when events start to land, from half
+# the events (or half the budget) on, and after the last one landed while the KPI
+# windows catch up.
 PROFILES = {
     "ingest": Path("build/worker-profile.txt"),
+    "late": Path("build/worker-profile-late.txt"),
     "tail": Path("build/worker-profile-tail.txt"),
 }
 SCORE_KPIS = ("nps", "csat", "ces")
@@ -437,6 +439,7 @@ class Bench:
             {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
         )
         spy: subprocess.Popen[bytes] | None = None
+        profiled: set[str] = set()
         cpu0 = cpu1 = watch.cpu()
         first_at = all_at = kpis_at = None
         final: tuple[Any, ...] | None = None  # KPI state first seen final, and when
@@ -456,6 +459,13 @@ class Bench:
                 if spy is not None and spy.poll() is not None:
                     self._stop_profiler(spy)  # its window ended
                     spy = None
+                halfway = first_at is not None and (
+                    count >= n / 2 or now - first_at >= self.o.drain_budget / 2
+                )
+                if self.o.profile and halfway and spy is None and "late" not in profiled:
+                    if count < n:
+                        spy = self._start_profiler(stack.worker.pid, "late")
+                    profiled.add("late")
                 if count >= n and all_at is None:
                     all_at = now
                     cpu1 = watch.cpu()
@@ -958,6 +968,7 @@ FIGURE_LABELS = {
     "drain_sink_cpu_cores": "drain: sink process CPU, cores",
     "drain_broker_cpu_cores": "drain: broker CPU, cores",
     "worker_main_thread_busy_ingest": "drain: worker main thread busy (py-spy)",
+    "worker_main_thread_busy_late": "drain, later: worker main thread busy",
     "worker_main_thread_busy_tail": "drain, KPI tail: worker main thread busy",
     "freshness_rate_eps": "freshness: events/s produced",
     "freshness_p50_s": "freshness p50, s (occurred → queryable)",
@@ -1007,7 +1018,8 @@ def report(console: Console, figures: dict[str, Any], profiles: dict[str, dict[s
         targets.add_row(*row)
     console.print(targets)
     titles = {
-        "ingest": "while events pour in",
+        "ingest": "when events start to land",
+        "late": "from half the events (or half the budget) on",
         "tail": "after the last event landed, until the KPIs are final",
     }
     for window, profile in profiles.items():
