@@ -15,7 +15,7 @@ from tests.conftest import SettingsFactory
 from tests.reconcile import Key, kpi_rows, landed
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.producers.truth import ground_truth
+from touchstream.producers.truth import truth_for
 from touchstream.stack import Stack
 
 
@@ -39,14 +39,7 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
         settle=True,
     )
     messages = Simulator(config).messages()
-    truth = ground_truth(
-        messages,
-        window_size_s=streams.window_size_s,
-        window_step_s=streams.window_step_s,
-        daily=streams.daily_window,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-    )
+    truth = truth_for(messages, streams)
     assert truth.late and truth.duplicates and truth.dead_letters
     want = {
         (r["kpi"], r["channel"], r["touchpoint"], r["window_start"], r["window_size"]): (
