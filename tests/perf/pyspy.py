@@ -32,7 +32,8 @@ class Profile:
     @classmethod
     def load(cls, path: Path, ticks: int | None) -> Profile:
         stacks: list[tuple[str, tuple[str, ...], int]] = []
-        for line in path.read_text().splitlines():
+        # Non-blocking sampling can read torn names: never fail on their bytes.
+        for line in path.read_text(errors="replace").splitlines():
             body, _, count = line.rpartition(" ")
             if not body or not count.isdigit():
                 continue
