@@ -285,7 +285,12 @@ def create_app(
         for tp in owned:
             source = f"{tp.topic}:{tp.partition}"
             state, highwater = states.get(source), app.consumer.highwater(tp)
-            if state is None or highwater is None or state.next_offset >= highwater:
+            if (
+                state is None
+                or not state.next_offset
+                or highwater is None
+                or state.next_offset >= highwater
+            ):
                 continue
             if sequencer.held(source) or now - last_seen.get(source, now) < STALL_S:
                 last_seen.setdefault(source, now)
