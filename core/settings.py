@@ -258,6 +258,11 @@ class StreamsSettings(BaseModel):
     allowed_lateness_s: float = Field(
         default=600, ge=0, description="abandonment waits this long for out-of-order events"
     )
+    idle_source_s: float = Field(
+        default=60,
+        gt=0,
+        description="a raw partition fully read for this long stops holding decisions back",
+    )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kafka.partitioner.default import murmur2
+
 from touchstream.schemas.events import family
 from touchstream.schemas.records import alert_id_for
 
@@ -75,6 +77,9 @@ class SimulationConfig:
     allowed_lateness_s: float = 600.0
     abandonment_timeout_s: float = 1800.0
     settle: bool = False  # end with a tail past every timeout: every outcome decided
+    # With the raw topics' partition count, the tail reaches every partition of the
+    # clickstream and orders topics (each one's watermark passes every timeout).
+    partitions: int | None = None
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None:
@@ -144,25 +149,48 @@ class Simulator:
                 if event["_at"] <= end:
                     generated.append((event["_at"], len(generated), event))
         if self.config.settle:
-            for n in range(16):
-                at = self.config.settle_at
-                generated.append((at, len(generated), self._tail(n, at)))
+            at = self.config.settle_at
+            for key, event_type in self._tail_keys():
+                generated.append((at, len(generated), self._tail(key, event_type, at)))
         generated.sort(key=lambda item: (item[0], item[1]))
         for _, _, event in generated:
             del event["_at"]
             yield event
 
-    def _tail(self, n: int, at: datetime) -> dict[str, Any]:
+    def _tail_keys(self) -> list[tuple[str, str]]:
+        """(anonymous id, event type) of the settling tail: page views and, with a
+        partition count, order deliveries too, on keys that cover every partition
+        (murmur2, as every Kafka client partitions keys)."""
+        seed, partitions = self.config.seed, self.config.partitions
+        if partitions is None:
+            return [(f"settle-{seed}-{n:02d}", "page_view") for n in range(16)]
+        out = []
+        for event_type in ("page_view", "order_delivered"):
+            found: dict[int, str] = {}
+            n = 0
+            while len(found) < partitions:
+                key = f"settle-{seed}-{event_type}-{n}"
+                found.setdefault((murmur2(key.encode()) & 0x7FFFFFFF) % partitions, key)
+                n += 1
+            out += [(found[p], event_type) for p in sorted(found)]
+        return out
+
+    def _tail(self, key: str, event_type: str, at: datetime) -> dict[str, Any]:
+        """A settling event: anonymous, counted in no KPI."""
+        properties: dict[str, Any] = {"url": "/"}
+        touchpoint = "home"
+        if event_type == "order_delivered":
+            properties, touchpoint = {"order_id": f"{key}-order"}, "delivery"
         return {
             "_at": at,
             "event_id": self._uuid(),
-            "event_type": "page_view",
+            "event_type": event_type,
             "schema_version": 1,
             "occurred_at": _iso(at),
-            "anonymous_id": f"settle-{self.config.seed}-{n:02d}",
+            "anonymous_id": key,
             "channel": "web",
-            "touchpoint": "home",
-            "properties": {"url": "/"},
+            "touchpoint": touchpoint,
+            "properties": properties,
         }
 
     def _customer(self, customer_id: str) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The Faust application: thin agents over the pure logic in ingest/aggregate/kpis.
 
-- ``ingest`` takes raw messages in batches from the three raw topics, and hands
-  each batch to :func:`touchstream.streams.ingest.ingest`: valid events go to the
+- ingest reads the three raw topics in batches through its own consumer
+  (streams/intake.py, resuming each partition at its checkpoint) and hands each
+  batch to :func:`touchstream.streams.ingest.ingest`: valid events go to the
   internal events topic (for the sink), bad ones to the dead-letter topic, KPI
   contributions to an internal topic keyed by KPI group.
 - ``kpis`` folds contributions into a changelogged table of per-bucket counts;
@@ -25,7 +26,6 @@ from datetime import datetime
 from typing import Any
 
 import faust
-from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from touchstream.schemas.events import CaseClosed, utcnow
@@ -43,10 +43,9 @@ from touchstream.streams.alerts import (
     slot_from_json,
     slot_to_json,
 )
-from touchstream.streams.checkpoints import read_latest
 from touchstream.streams.customers import STOCK_KEY, CustomerBook, Touch, touch_of
-from touchstream.streams.eventtime import SourceState
-from touchstream.streams.ingest import RawMessage, Sequencer, forwarded, ingest
+from touchstream.streams.ingest import forwarded, ingest
+from touchstream.streams.intake import Batch, Intake
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcomes import (
     KINDS,
@@ -58,13 +57,11 @@ from touchstream.streams.outcomes import (
     decision_contributions,
     ops_of,
 )
-from touchstream.streams.outputs import Outputs
+from touchstream.streams.outputs import Outputs, partition_of
 
 log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
-REWIND_RETRY_S = 5.0  # a seek back to a checkpoint is asked again this often
-STALL_S = 10.0  # a source behind its highwater with no message for this long is re-read
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -91,6 +88,13 @@ class TouchstreamApp(faust.App):
         if self.crash_handler is not None:
             await self.crash_handler(agent, exc)
         await super()._on_agent_error(agent, exc)
+
+
+def contribution_key(group: str) -> str:
+    """The key of a KPI group's contributions: the group, or for rates over a stock
+    (churn, upsell) the stock, so the worker that holds a window's numerator also
+    holds its denominator."""
+    return STOCK_KEY.get(group.split("|", 1)[0], group)
 
 
 def _hard_exit(code: int) -> None:
@@ -139,9 +143,7 @@ def create_app(
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
-    raw_in = raw_topic(
-        settings.topic("clickstream"), settings.topic("orders"), settings.topic("feedback")
-    )
+    raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
     contributions_topic = raw_topic(settings.topic("kpi_contributions"))
     alert_events = raw_topic(settings.topic("alert_events"))
     outcome_events = raw_topic(settings.topic("outcome_events"))
@@ -155,11 +157,12 @@ def create_app(
     ingest_state_name = settings.topic("ingest_state")
 
     async def stop_outputs(app: faust.App, **_: Any) -> None:
+        await intake.stop()  # its batch at hand finishes first
         await outputs.stop()
 
     app.on_before_shutdown.connect(stop_outputs)  # type: ignore[arg-type]
 
-    metrics.prime(raw_in.topics)
+    metrics.prime(raw_topics)
 
     buckets = app.Table(
         "kpi-buckets",
@@ -175,31 +178,41 @@ def create_app(
         key_type=str,
         # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
-    outcome_tables = {
-        kind: app.Table(
-            f"outcome-{kind}",
-            default=None,
-            partitions=kafka.partitions,
-            key_type=str,
-            # no value_type: values are plain JSON (value_type=dict breaks recovery)
-        )
-        for kind in KINDS
-    }
-    outcome_marks = app.Table(
-        "outcome-marks",
+    # Everything the outcomes agent keeps, in ONE table (keys prefixed by what they
+    # are), so its changelog is one ordered log per partition: the entities and
+    # customers a message changed, the progress marks, and last the offset of that
+    # message ("offset|<partition>"). A message at or below that offset is a
+    # replay whose effects the table already holds: skipped. Without it, a
+    # successor restored the state *after* messages it then replayed, took new
+    # decisions at the older offsets, and numbered them below contributions the
+    # KPI agent had already counted, which dropped them as replays.
+    outcome_table = app.Table(
+        "outcomes",
         default=None,
         partitions=kafka.partitions,
         key_type=str,
         # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
     trackers: dict[tuple[str, int], OutcomeTracker] = {}
-    customer_table = app.Table("customers", default=None, partitions=kafka.partitions, key_type=str)
     books: dict[int, CustomerBook] = {}
+    # Per outcome partition, its write-behind stores (marks, trackers, book):
+    # applied once the decisions of the message at hand are flushed.
+    partition_stores: dict[int, dict[str, PartitionStore]] = {}
+
+    def store_of(partition: int, prefix: str) -> PartitionStore:
+        stores = partition_stores.setdefault(partition, {})
+        found = stores.get(prefix)
+        if found is None:
+            found = stores[prefix] = PartitionStore(outcome_table, partition, prefix)
+        return found
+
+    def marks(partition: int) -> PartitionStore:
+        return store_of(partition, f"mark|{partition}")
 
     def book(partition: int) -> CustomerBook:
         found = books.get(partition)
         if found is None:
-            store = PartitionStore(customer_table, partition)
+            store = store_of(partition, "customer")
             found = books[partition] = CustomerBook(store, streams.churn_horizon_s)
             found.rebuild()
         return found
@@ -207,7 +220,7 @@ def create_app(
     def tracker(kind: str, partition: int) -> OutcomeTracker:
         found = trackers.get((kind, partition))
         if found is None:
-            store = PartitionStore(outcome_tables[kind], partition)
+            store = store_of(partition, kind)
             found = trackers[(kind, partition)] = OutcomeTracker(
                 streams.abandonment_timeout_s, store=store
             )
@@ -227,6 +240,10 @@ def create_app(
 
     app.crash_handler = crashed
 
+    def contribution_partition(group: str) -> int:
+        """The contributions partition a KPI group's window is counted in."""
+        return partition_of(contribution_key(group).encode(), kafka.partitions)
+
     async def send_contribution(contribution: Contribution) -> None:
         body = {
             "at": contribution.at,
@@ -237,210 +254,124 @@ def create_app(
         }
         # Rates over a stock (churn, upsell) are keyed by the stock, so the
         # worker that holds a window's numerator also holds its denominator.
-        key = STOCK_KEY.get(contribution.kpi, contribution.group)
+        key = contribution_key(contribution.group)
         await outputs.send(contributions_name, json.dumps(body).encode(), key=key.encode())
 
-    raw_topics = set(raw_in.topics)
-    states: dict[str, SourceState] = {}  # raw "topic:partition" → ingest state
-
-    sequencer = Sequencer(REWIND_RETRY_S)
-
-    last_seen: dict[str, float] = {}  # source → when its latest message arrived
-
-    loading = asyncio.Lock()
-
-    async def load_states(partitions: set[int], forget: bool) -> None:
-        """Restore the checkpointed state of partitions new to this worker; with
-        ``forget`` (the ingest agent, between batches), drop those it no longer
-        owns (their next owner restores them)."""
-        async with loading:
-            if forget:
-                owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in raw_topics}
-                for source in [s for s in states if int(s.rsplit(":", 1)[1]) not in owned]:
-                    del states[source]
-                    sequencer.forget(source)
-            missing = {p for p in partitions if any(f"{t}:{p}" not in states for t in raw_topics)}
-            if not missing:
-                return
-            found = await read_latest(settings, settings.topic("ingest_state"), missing)
-            for partition, records in found.items():
-                for topic in raw_topics:
-                    source = f"{topic}:{partition}"
-                    if source not in states:
-                        states[source] = SourceState.restore(
-                            source, streams.allowed_lateness_s, records
-                        )
-
-    @app.timer(1.0, name="touchstream.ingest_sequence")
-    async def keep_sources_in_sequence() -> None:
-        """Sources with no messages coming also need their checkpoint: a partition
-        whose last messages a killed worker fetched but never handled (Faust
-        committed past them) gets nothing more to reveal the gap. Such a partition,
-        behind its highwater and quiet for a while, is sent back to its checkpoint;
-        held sources are asked again."""
-        owned = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
-        await load_states({tp.partition for tp in owned}, forget=False)
-        now = time.monotonic()
-        seeks = sequencer.due(now)
-        for tp in owned:
-            source = f"{tp.topic}:{tp.partition}"
-            state, highwater = states.get(source), app.consumer.highwater(tp)
-            if (
-                state is None
-                or not state.next_offset
-                or highwater is None
-                or state.next_offset >= highwater
-            ):
-                continue
-            if sequencer.held(source) or now - last_seen.get(source, now) < STALL_S:
-                last_seen.setdefault(source, now)
-                continue
-            last_seen[source] = now
-            seeks.append((tp.topic, tp.partition, state.next_offset))
-        for topic, partition, offset in seeks:
-            log.warning("%s:%d: resuming at its checkpoint %d", topic, partition, offset)
-            try:
-                await app.consumer.seek(TP(topic, partition), offset)
-            except Exception as exc:  # noqa: BLE001 - a rebalance moved it: asked again
-                log.warning("seek %s:%d failed (%r); asked again", topic, partition, exc)
-            metrics.rewinds.inc()
-
-    async def admit(messages: list[RawMessage]) -> list[RawMessage]:
-        """The messages to handle now, in sequence per source partition.
-
-        Restores the checkpointed state of partitions new to this worker and forgets
-        those it no longer owns (their next owner restores them). Faust may have
-        committed offsets of messages a killed worker had fetched but never handled;
-        a message after such a gap sends its partition back to the checkpoint
-        (seek) and waits for it. A gap that remains after the seek is a hole in the
-        log (retention, transaction markers), not a loss, and is accepted.
-        """
-        await load_states({m.partition for m in messages}, forget=True)
-        now = time.monotonic()
-        for message in messages:
-            last_seen[f"{message.topic}:{message.partition}"] = now
-        admitted, seeks = sequencer.admit(
-            messages,
-            {source: state.next_offset for source, state in states.items()},
-            time.monotonic(),
-        )
-        for topic, partition, offset in seeks:
-            log.warning("%s:%d: resuming at its checkpoint %d", topic, partition, offset)
-            await app.consumer.seek(TP(topic, partition), offset)
-            metrics.rewinds.inc()
-        return admitted
-
-    async def checkpoint(messages: list[RawMessage]) -> None:
+    async def checkpoint(batch: Batch) -> None:
         """After the batch's outputs are flushed: its state, per source partition."""
-        for source in sorted({f"{m.topic}:{m.partition}" for m in messages}):
+        states = intake.states
+        for source in sorted({f"{m.topic}:{m.partition}" for m in batch.messages}):
             partition = int(source.rsplit(":", 1)[1])
             for key, value in states[source].checkpoint():
                 await outputs.send(ingest_state_name, value, key=key.encode(), partition=partition)
         await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
-    progress: dict[str, float] = {}  # raw source → latest event time read from it
-    positions: dict[str, int] = {}  # raw source → next offset to read
     outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
+    idle_since: dict[str, float] = {}  # raw source → when this worker found it fully read
 
     async def report_progress() -> None:
         """Tell every outcome partition how far each raw source this worker reads has
         got in event time, or that it is idle (empty and fully read)."""
         report: dict[str, dict[str, Any]] = {}
-        for tp in app.consumer.assignment():
-            if tp.topic not in outcome_topics:
-                continue
-            source = f"{tp.topic}:{tp.partition}"
-            highwater = app.consumer.highwater(tp)
-            state = states.get(source)
-            position = max(positions.get(source, 0), state.next_offset if state else 0)
-            idle = highwater is not None and position >= highwater
-            if idle or source in progress:
-                report[source] = {"at": progress.get(source), "idle": idle}
+        # Under the intake's lock, the states are those of the last finished batch,
+        # whose ops are flushed: a report never overtakes the ops it covers.
+        async with intake.lock:
+            for tp in intake.assignment():
+                if tp.topic not in outcome_topics:
+                    continue
+                source = f"{tp.topic}:{tp.partition}"
+                state = intake.states.get(source)
+                if state is None:
+                    continue  # not restored yet: its previous report stands
+                highwater = intake.highwater(tp)
+                idle = highwater is not None and state.next_offset >= highwater
+                at = state.max_event_time if state.max_event_time > float("-inf") else None
+                now = time.monotonic()
+                since = idle_since.setdefault(source, now) if idle else None
+                if not idle:
+                    idle_since.pop(source, None)
+                expired = since is not None and now - since >= streams.idle_source_s
+                report[source] = {"at": at, "idle": idle, "expired": expired}
+            for source in [s for s in idle_since if s not in intake.states]:
+                del idle_since[source]  # moved away: its next owner times it afresh
         if report:
             body = json.dumps({"marks": report}).encode()
             for partition in range(kafka.partitions):
                 await outputs.send(outcome_events_name, body, partition=partition)
 
-    @app.agent(raw_in, name="touchstream.ingest")
-    async def ingest_agent(stream: faust.StreamT) -> None:
-        # StreamT's annotations lack take_events (faust-streaming 0.15); Stream has it.
-        batches = stream.take_events(  # type: ignore[attr-defined]
-            streams.batch_size, within=streams.batch_interval_s
-        )
-        async for batch in batches:
-            started = time.perf_counter()
-            messages = [
-                RawMessage(e.message.topic, e.message.partition, e.message.offset, e.key, e.value)
-                for e in batch
-            ]
-            for message in messages:
-                metrics.messages_in.labels(message.topic).inc()
-            now = utcnow()
-            messages = await admit(messages)
-            result = ingest(messages, now, streams.max_event_bytes, pii, states)
-            for event, on_time in zip(result.events, result.on_time, strict=True):
-                # A late event is stored, flagged; no KPI window counts it.
-                value = forwarded(event, now, late=not on_time)
-                await outputs.send(events_name, value, key=event.identity.encode())
-                metrics.events_valid.labels(event.event_type).inc()
-            metrics.duplicates.inc(sum(result.duplicates.values()))
-            metrics.replayed.inc(result.replayed)
-            for topic, count in result.late.items():
-                metrics.late_events.labels(topic).inc(count)
-            for key, dead_letter in result.dead_letters:
+    async def handle(batch: Batch) -> None:
+        """One batch of raw messages: outputs flushed, then the checkpoint."""
+        started = time.perf_counter()
+        messages = batch.messages
+        for message in messages:
+            metrics.messages_in.labels(message.topic).inc()
+        now = utcnow()
+        result = ingest(messages, now, streams.max_event_bytes, pii, intake.states)
+        for event, on_time in zip(result.events, result.on_time, strict=True):
+            # A late event is stored, flagged; no KPI window counts it.
+            value = forwarded(event, now, late=not on_time)
+            await outputs.send(events_name, value, key=event.identity.encode())
+            metrics.events_valid.labels(event.event_type).inc()
+        metrics.duplicates.inc(sum(result.duplicates.values()))
+        metrics.replayed.inc(result.replayed)
+        for topic, count in result.late.items():
+            metrics.late_events.labels(topic).inc(count)
+        for key, dead_letter in result.dead_letters:
+            await outputs.send(dead_letters_name, dead_letter.model_dump_json().encode(), key=key)
+            metrics.dead_letters.labels(dead_letter.reason).inc()
+        for event in result.events:
+            alert = raise_alert(event, now)
+            if alert is not None:
                 await outputs.send(
-                    dead_letters_name, dead_letter.model_dump_json().encode(), key=key
+                    alert_events_name,
+                    json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
+                    key=alert.alert_id.encode(),
                 )
-                metrics.dead_letters.labels(dead_letter.reason).inc()
-            for event in result.events:
-                alert = raise_alert(event, now)
-                if alert is not None:
-                    await outputs.send(
-                        alert_events_name,
-                        json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
-                        key=alert.alert_id.encode(),
-                    )
-                elif isinstance(event, CaseClosed):
-                    await outputs.send(
-                        alert_events_name,
-                        json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
-                        key=event.properties.alert_id.encode(),
-                    )
-            touches: dict[str, list[Touch]] = {}
-            for event, on_time in zip(result.events, result.on_time, strict=True):
-                if not on_time:
-                    continue
-                for op in ops_of(event):
-                    await outputs.send(
-                        outcome_events_name,
-                        json.dumps(asdict(op)).encode(),
-                        key=f"{op.kind}|{op.entity_id}".encode(),
-                    )
-                touched = touch_of(event)
-                if touched is not None:
-                    touches.setdefault(touched[0], []).append(touched[1])
-            for customer_id, customer_touches in touches.items():  # one message a customer
+            elif isinstance(event, CaseClosed):
+                await outputs.send(
+                    alert_events_name,
+                    json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
+                    key=event.properties.alert_id.encode(),
+                )
+        touches: dict[str, list[Touch]] = {}
+        for event, on_time in zip(result.events, result.on_time, strict=True):
+            if not on_time:
+                continue
+            for op in ops_of(event):
                 await outputs.send(
                     outcome_events_name,
-                    json.dumps({"customer": customer_id, "touches": customer_touches}).encode(),
-                    key=f"customer|{customer_id}".encode(),
+                    json.dumps(asdict(op)).encode(),
+                    key=f"{op.kind}|{op.entity_id}".encode(),
                 )
-            for contribution in result.contributions:
-                await send_contribution(contribution)
-            await outputs.flush()
-            await checkpoint(messages)
-            metrics.observe_batch([e.message.timestamp for e in batch], result.events, now)
-            # Progress is reported only for what has been handed over above, so a
-            # report never overtakes the ops of its own batch.
-            for message in messages:
-                positions[f"{message.topic}:{message.partition}"] = message.offset + 1
-            for event, source in zip(result.events, result.sources, strict=True):
-                if source.split(":")[0] in outcome_topics:
-                    at = event.occurred_at.timestamp()
-                    progress[source] = max(progress.get(source, at), at)
-            metrics.batch_size.observe(len(messages))
-            metrics.batch_seconds.observe(time.perf_counter() - started)
+            touched = touch_of(event)
+            if touched is not None:
+                touches.setdefault(touched[0], []).append(touched[1])
+        for customer_id, customer_touches in touches.items():  # one message a customer
+            await outputs.send(
+                outcome_events_name,
+                json.dumps({"customer": customer_id, "touches": customer_touches}).encode(),
+                key=f"customer|{customer_id}".encode(),
+            )
+        for contribution in result.contributions:
+            await send_contribution(contribution)
+        await outputs.flush()
+        await checkpoint(batch)
+        metrics.observe_batch(batch.kafka_timestamps, result.events, now)
+        metrics.batch_size.observe(len(messages))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    intake = Intake(settings, raw_topics, handle)
+
+    @app.task
+    async def run_intake() -> None:
+        try:
+            await intake.start()
+            await intake.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crash is loud: the worker exits
+            await crashed("touchstream.ingest", exc)
 
     @app.agent(contributions_topic, name="touchstream.kpis")
     async def kpi_agent(stream: faust.StreamT) -> None:
@@ -473,51 +404,53 @@ def create_app(
     async def outcome_agent(stream: faust.StreamT) -> None:
         # One at a time: decisions write the tables for the partition at hand.
         async for event in stream.events():
-            partition = event.message.partition
+            partition, offset = event.message.partition, event.message.offset
+            done = outcome_table.get(f"offset|{partition}")
+            if done is not None and offset <= int(done):
+                metrics.replayed_outcomes.inc()
+                continue  # a replay: the table holds its effects (outcome_table)
             body = json.loads(event.value)
             if "marks" in body:
                 for source, mark in body["marks"].items():
-                    outcome_marks[f"{partition}|{source}"] = mark
+                    marks(partition)[source] = mark
             elif "customer" in body:
                 book(partition).add(body["customer"], body["touches"])
             else:
                 apply(tracker(body["kind"], partition), Op(**body))
             watermark = combined_watermark(
-                [outcome_marks.get(f"{partition}|{source}") for source in outcome_sources]
+                [marks(partition).get(source) for source in outcome_sources]
             )
-            if watermark is None:
-                continue
-            # Decisions taken at this message are numbered from its offset, so a
-            # replay of it after a restart is recognised by the KPI agent.
-            n = event.message.offset * 1_000_000
-            for kind in KINDS:
-                decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
-                for decision in decisions:
-                    for contribution in decision_contributions(kind, decision):
-                        await send_contribution(
-                            replace(contribution, source=f"outcomes:{partition}", offset=n)
-                        )
-                    n += 1
-            for contribution in book(partition).decide(watermark - streams.allowed_lateness_s):
-                await send_contribution(
-                    replace(contribution, source=f"outcomes:{partition}", offset=n)
-                )
-                n += 1
-            if n != event.message.offset * 1_000_000:
-                await outputs.flush()  # decisions out before this message is acknowledged
+            if watermark is not None:
+                await decide(partition, offset, watermark)
+            for store in partition_stores.get(partition, {}).values():
+                store.apply()  # after the decisions are out (PartitionStore)
+            outcome_table[f"offset|{partition}"] = offset  # last: after its effects
 
-    @customer_table.on_recover
-    async def customers_recovered() -> None:
+    async def decide(partition: int, offset: int, watermark: float) -> None:
+        """Decisions the watermark settles in an outcome partition, sent and flushed."""
+        # Decisions taken at this message are numbered from its offset, so a
+        # replay of it after a restart is recognised by the KPI agent.
+        n = offset * 1_000_000
+        for kind in KINDS:
+            decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
+            for decision in decisions:
+                for contribution in decision_contributions(kind, decision):
+                    await send_contribution(
+                        replace(contribution, source=f"outcomes:{partition}", offset=n)
+                    )
+                n += 1
+        for contribution in book(partition).decide(watermark - streams.allowed_lateness_s):
+            await send_contribution(replace(contribution, source=f"outcomes:{partition}", offset=n))
+            n += 1
+        if n != offset * 1_000_000:
+            await outputs.flush()  # decisions out before the tables say decided
+
+    @outcome_table.on_recover
+    async def outcomes_recovered() -> None:
+        for tracked in trackers.values():
+            tracked.rebuild()
         for found in books.values():
             found.rebuild()
-
-    for kind, table in outcome_tables.items():
-
-        @table.on_recover
-        async def outcomes_recovered(kind: str = kind) -> None:
-            for (tracked_kind, _), found in trackers.items():
-                if tracked_kind == kind:
-                    found.rebuild()
 
     async def emit_alert(alert: Any) -> None:
         await outputs.send(
@@ -543,10 +476,12 @@ def create_app(
             else:
                 tick = datetime.fromisoformat(body["tick"])
                 slot, emitted = on_tick(slot, tick, streams.alert_sla_s)
-            alert_slots[alert_id] = slot_to_json(slot)
             if emitted is not None:
                 await emit_alert(emitted)
                 await outputs.flush()  # an alert is never left in a buffer
+            # Written after the alert is out: a crash in between replays the message,
+            # which emits the same alert again (idempotent downstream by alert id).
+            alert_slots[alert_id] = slot_to_json(slot)
 
     @app.timer(1.0, name="touchstream.outcome_progress")
     async def outcome_progress() -> None:
@@ -589,10 +524,16 @@ def create_app(
         dirty.clear()
         now = utcnow()
         version = time.time_ns()
+        # Faust's memory store keeps the values of partitions revoked from this
+        # worker: emitted, those stale windows (with a newer version) replaced their
+        # owner's rows. Only windows of the contribution partitions owned now go out.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == contributions_name}
         for group, window in pending:
+            if contribution_partition(group) not in owned:
+                continue  # its owner emits it
             update = aggregator.update(group, window, version, now)
             if not update.counts:
-                continue  # not ours (partition moved away): its owner emits it
+                continue
             await outputs.send(
                 kpis_name,
                 update.model_dump_json().encode(),
@@ -603,14 +544,15 @@ def create_app(
         await outputs.flush()
 
     lag_topics = {
-        t
-        for topic in (raw_in, contributions_topic, outcome_events, alert_events)
-        for t in topic.topics
+        t for topic in (contributions_topic, outcome_events, alert_events) for t in topic.topics
     }
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:
-        metrics.consumer_lag.set(await worker_metrics.measure_lag(app.consumer, lag_topics))
+        lags = await worker_metrics.measure_lag(app.consumer, lag_topics)
+        if intake.consumer is not None:
+            lags.update(await worker_metrics.measure_lag(intake.consumer, raw_topics))
+        metrics.consumer_lag.set(lags)
 
     @app.task
     async def started() -> None:

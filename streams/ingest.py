@@ -150,69 +150,6 @@ def _scrubbed(raw: bytes, pii: Pseudonymiser) -> bytes:
     return json.dumps(cleaned, ensure_ascii=False).encode() if found else raw
 
 
-@dataclass
-class Sequencer:
-    """Keeps each source partition in offset sequence after its checkpoint.
-
-    Faust may commit offsets of messages that a killed worker had fetched but
-    never handled; its successor then starts after them. A message beyond the
-    checkpoint's next offset asks for a seek back to it, and that source's
-    messages are held until the re-read arrives. The re-read is recognised by
-    its offsets: it starts at the checkpoint, below the message that revealed
-    the gap, while messages fetched before the seek come after that one. A
-    re-read starting above the checkpoint (but not above that message) shows a
-    hole in the log (retention, transaction markers), which is accepted. A seek
-    can fail during a rebalance, so it is asked again every ``retry_s`` while
-    the source is held.
-    """
-
-    retry_s: float = 5.0
-    # source → (checkpoint offset, offset that revealed the gap, seek again at)
-    rewound: dict[str, tuple[int, int, float]] = field(default_factory=dict)
-
-    def admit(
-        self, batch: list[RawMessage], next_offsets: Mapping[str, int], now: float
-    ) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
-        """(messages to handle now, seeks as (topic, partition, offset))."""
-        admitted: list[RawMessage] = []
-        seeks: list[tuple[str, int, int]] = []
-        following: dict[str, int] = {}
-        for message in batch:
-            source = f"{message.topic}:{message.partition}"
-            expected = following.get(source, next_offsets.get(source, 0))
-            held = self.rewound.get(source)
-            in_sequence = not expected or message.offset <= expected
-            if in_sequence or (held is not None and message.offset <= held[1]):
-                self.rewound.pop(source, None)
-                admitted.append(message)
-                following[source] = max(expected, message.offset + 1)
-                continue
-            if held is None:
-                self.rewound[source] = (expected, message.offset, now + self.retry_s)
-                seeks.append((message.topic, message.partition, expected))
-            elif now >= held[2]:
-                self.rewound[source] = (held[0], held[1], now + self.retry_s)
-                seeks.append((message.topic, message.partition, held[0]))
-        return admitted, seeks
-
-    def due(self, now: float) -> list[tuple[str, int, int]]:
-        """Seeks to ask again for held sources whose re-read has not come: asked
-        from a timer too, since a held source may get no more messages at all."""
-        seeks = []
-        for source, (expected, trigger, retry_at) in list(self.rewound.items()):
-            if now >= retry_at:
-                self.rewound[source] = (expected, trigger, now + self.retry_s)
-                topic, partition = source.rsplit(":", 1)
-                seeks.append((topic, int(partition), expected))
-        return seeks
-
-    def held(self, source: str) -> bool:
-        return source in self.rewound
-
-    def forget(self, source: str) -> None:
-        self.rewound.pop(source, None)
-
-
 def forwarded(event: AnyEvent, received_at: datetime, late: bool) -> bytes:
     """The bytes for the sink: the event with ``received_at`` set by the pipeline,
     and ``late`` when it is beyond the allowed lateness. Spliced into the JSON

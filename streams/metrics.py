@@ -268,8 +268,8 @@ class WorkerMetrics:
     duplicates: Counter
     late_events: Counter
     replayed: Counter
-    rewinds: Counter
     replayed_contributions: Counter
+    replayed_outcomes: Counter
     consumer_lag: PartitionLag
     processing_latency: BatchHistogram
     freshness: BatchHistogram
@@ -348,12 +348,6 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
             "Events beyond the allowed lateness (stored, not counted)",
             ["topic"],
         ),
-        rewinds=Counter(
-            "worker_rewinds",
-            "Partitions sent back to their checkpoint after a gap (a killed predecessor)",
-            namespace=namespace,
-            registry=registry,
-        ),
         replayed=Counter(
             "worker_replayed",
             "Raw messages re-read after a restart that a checkpoint already covered",
@@ -363,6 +357,12 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         replayed_contributions=Counter(
             "worker_replayed_contributions",
             "KPI contributions skipped as replays of ones already counted",
+            namespace=namespace,
+            registry=registry,
+        ),
+        replayed_outcomes=Counter(
+            "worker_replayed_outcomes",
+            "Outcome steps re-read after a restart whose effects the state already held",
             namespace=namespace,
             registry=registry,
         ),

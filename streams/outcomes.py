@@ -79,21 +79,31 @@ def ops_of(event: AnyEvent) -> list[Op]:
 
 def combined_watermark(marks: list[dict[str, Any] | None]) -> float | None:
     """Event-time progress of a stream fed by several sources, from each source's
-    report ``{"at": latest event time or None, "idle": nothing pending}``.
+    report ``{"at": latest event time handed over or None, "idle": fully read,
+    "expired": fully read for STREAMS__IDLE_SOURCE_S of wall-clock time}``.
 
-    The slowest active source bounds it (a source not heard from yet blocks it);
-    idle sources are left out, as in Flink's idleness, so an empty partition does
-    not hold everything back; when every source is idle, it is the latest time
-    any source reached (a quiet night does not abandon checkouts still open).
+    The slowest source bounds it, idle or not: a source fully read a moment ago
+    can get messages at any time (or lose its owner, the next one speaking up only
+    after a rebalance), and the others must not run ahead of events nobody has
+    read yet. Only a source idle for the configured time (its owner says so) is
+    left out, as with Flink's idleness; if every source is, it is the latest time
+    any reached, so the last checkouts before a quiet spell are decided. A source
+    not heard from yet blocks it, as does one with a backlog and no event time
+    yet; one that is idle and has never had an event is left out (an empty
+    partition does not hold everything back).
     """
     if any(mark is None for mark in marks):
         return None
     known = [m for m in marks if m is not None]
-    active = [float(m["at"]) for m in known if not m["idle"] and m["at"] is not None]
-    if active:
-        return min(active)
-    reached = [float(m["at"]) for m in known if m["at"] is not None]
-    return max(reached) if reached else None
+    if any(m["at"] is None and not m["idle"] for m in known):
+        return None
+    reached = [m for m in known if m["at"] is not None]
+    if not reached:
+        return None
+    live = [float(m["at"]) for m in reached if not m.get("expired")]
+    if live:
+        return min(live)
+    return max(float(m["at"]) for m in reached)
 
 
 def apply(tracker: OutcomeTracker, op: Op) -> None:
@@ -233,29 +243,59 @@ class OutcomeTracker:
         return len(old)
 
 
-class PartitionStore(MutableMapping[str, Entity]):
-    """The entities of one source partition inside a store shared by all (a Faust
-    table holds every partition a worker owns): values carry their partition, so a
-    tracker restored after a restart reschedules only its own."""
+_DELETED = object()
 
-    def __init__(self, store: MutableMapping[str, Any], partition: int) -> None:
+
+class PartitionStore(MutableMapping[str, Entity]):
+    """The entities of one partition inside a store shared by all (a Faust table
+    holds every partition a worker owns, and several kinds of state): keys carry a
+    prefix and values their partition, so a tracker restored after a restart
+    reschedules only its own.
+
+    Writes wait in an overlay until :meth:`apply`: the worker applies them after
+    the outputs they led to (decisions) are flushed. Applied first, a decision
+    could reach the table's changelog while its KPI contribution died with the
+    worker; the replayed message then finds the entity decided and says nothing.
+    Applied after, a replay decides again, with the same numbering (deduplicated
+    downstream)."""
+
+    def __init__(self, store: MutableMapping[str, Any], partition: int, prefix: str = "") -> None:
         self._store = store
         self._partition = partition
+        self._prefix = f"{prefix}|" if prefix else ""
+        self._pending: dict[str, Any] = {}  # stored key → value or _DELETED
 
     def __getitem__(self, key: str) -> Entity:
-        value = self._store[key]
-        if value is None:
+        stored = self._prefix + key
+        value = self._pending[stored] if stored in self._pending else self._store.get(stored)
+        if value is None or value is _DELETED:
             raise KeyError(key)
         return dict(value)
 
     def __setitem__(self, key: str, value: Entity) -> None:
-        self._store[key] = {**value, "p": self._partition}
+        self._pending[self._prefix + key] = {**value, "p": self._partition}
 
     def __delitem__(self, key: str) -> None:
-        del self._store[key]
+        if key not in self:
+            raise KeyError(key)
+        self._pending[self._prefix + key] = _DELETED
 
     def __iter__(self) -> Iterator[str]:
-        return (k for k, v in list(self._store.items()) if v and v.get("p") == self._partition)
+        pending, prefix, cut = dict(self._pending), self._prefix, len(self._prefix)
+        for k, v in list(self._store.items()):
+            if k.startswith(prefix) and k not in pending and v and v.get("p") == self._partition:
+                yield k[cut:]
+        yield from (k[cut:] for k, v in pending.items() if v is not _DELETED)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def apply(self) -> None:
+        """Write the overlay to the underlying store."""
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            if value is _DELETED:
+                if key in self._store:
+                    del self._store[key]
+            else:
+                self._store[key] = value

@@ -16,8 +16,15 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from touchstream.settings import Settings
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition this producer sends a keyed record to, in a topic of
+    ``partitions`` partitions."""
+    return int(DefaultPartitioner()(key, list(range(partitions)), list(range(partitions))))
 
 
 class Outputs:

@@ -63,10 +63,7 @@ create "${PREFIX}${TOUCHSTREAM_TOPICS__INGEST_STATE:-touchstream.ingest-state.v1
 # partition rebuilds the table from here.
 create "${APP_ID}-kpi-buckets-changelog" compact -1
 create "${APP_ID}-alert-slots-changelog" compact -1
-create "${APP_ID}-outcome-checkout-changelog" compact -1
-create "${APP_ID}-outcome-cart-changelog" compact -1
-create "${APP_ID}-outcome-marks-changelog" compact -1
-create "${APP_ID}-customers-changelog" compact -1
+create "${APP_ID}-outcomes-changelog" compact -1
 
 "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   | grep -E '^Topic:' || true

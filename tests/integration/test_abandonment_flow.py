@@ -55,7 +55,8 @@ def keys_on_every_partition(partitions: int) -> list[str]:
 def test_abandonment_matches_the_definition(
     broker: LocalBroker, make_settings: SettingsFactory, ch: Any
 ) -> None:
-    settings = make_settings(broker.bootstrap_servers)
+    # One burst, no kills: partitions quiet for a second may stop holding decisions.
+    settings = make_settings(broker.bootstrap_servers, streams={"idle_source_s": 1})
     db = settings.clickhouse.database
     web = {"channel": "web"}
     app = {"channel": "mobile_app"}

@@ -81,7 +81,7 @@ def test_cx_page_shows_the_truth(
     settings = make_settings(
         broker.bootstrap_servers,
         clickhouse={"serve_port": 0},
-        streams={"alert_check_interval_s": 1.0},
+        streams={"alert_check_interval_s": 1.0, "idle_source_s": 1},
     )
     db = settings.clickhouse.database
     now = datetime.now(UTC).replace(microsecond=0)

@@ -36,6 +36,7 @@ def simulate() -> Simulated:
             allowed_lateness_s=streams.allowed_lateness_s,
             abandonment_timeout_s=streams.abandonment_timeout_s,
             settle=True,
+            partitions=settings.kafka.partitions,
         )
         config = replace(config, **options)
         messages = Simulator(config).messages()

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
@@ -20,12 +19,6 @@ from touchstream.localbroker import LocalBroker
 from touchstream.stack import Stack
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, streams issue: after a worker kill, under load, an abandonment or "
-    "churn decision can come out wrong or late (seen: one cart counted abandoned, or "
-    "decisions stalled); docs/design/streams.md, 'Open: decisions after a kill'",
-)
 def test_two_worker_kills_lose_nothing_and_count_nothing_twice(
     broker: LocalBroker, make_settings: SettingsFactory, ch: Any, simulate: Simulated
 ) -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from kafka.partitioner.default import murmur2
 
 from touchstream.producers.simulator import SimulationConfig, Simulator
 from touchstream.producers.truth import ground_truth
@@ -78,3 +79,16 @@ def test_identify_carries_an_email_for_the_stream_to_pseudonymise() -> None:
     identifies = [e for e in Simulator(config).events() if e["event_type"] == "identify"]
     assert identifies and all("@" in e["properties"]["email"] for e in identifies)
     assert json.loads(json.dumps(identifies[0]))["customer_id"]
+
+
+def test_with_a_partition_count_the_settling_tail_reaches_every_partition() -> None:
+    config = SimulationConfig(customers=5, seed=4, settle=True, partitions=7)
+    tail = [m for m in Simulator(config).messages() if m.key.startswith(b"settle-")]
+    reached = {(m.family, (murmur2(m.key) & 0x7FFFFFFF) % 7) for m in tail}
+    assert reached == {(f, p) for f in ("clickstream", "orders") for p in range(7)}
+    for message in tail:  # valid, anonymous, and at the settling time
+        event = parse_event(message.value)
+        assert not isinstance(event, Invalid), event
+        assert event.customer_id is None and event.occurred_at == config.settle_at
+    truth = ground_truth(Simulator(config).messages())
+    assert truth.undecided == {"checkout_abandonment": 0, "cart_abandonment": 0}

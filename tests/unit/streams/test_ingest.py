@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from tests.samples import wire
 from touchstream.schemas.pii import PREFIX, REDACTED, Pseudonymiser
-from touchstream.streams.ingest import RawMessage, Sequencer, forwarded, ingest
+from touchstream.streams.ingest import RawMessage, forwarded, ingest
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
@@ -88,42 +88,6 @@ def offsets(messages: list[RawMessage]) -> list[tuple[int, int]]:
     return [(m.partition, m.offset) for m in messages]
 
 
-def test_sequencer_sends_a_partition_back_to_its_checkpoint_after_a_gap() -> None:
-    sequencer = Sequencer(retry_s=5)
-    checkpoint = {"raw:0": 5, "raw:1": 3}
-    # A killed predecessor handled up to 4 on partition 0, but Faust committed 7.
-    admitted, seeks = sequencer.admit([raw(0, 7), raw(0, 8), raw(1, 3), raw(1, 4)], checkpoint, 0)
-    assert offsets(admitted) == [(1, 3), (1, 4)]
-    assert seeks == [("raw", 0, 5)]
-    # Prefetched messages after the gap are held too, without a second seek.
-    admitted, seeks = sequencer.admit([raw(0, 9)], checkpoint, 1)
-    assert (admitted, seeks) == ([], [])
-    # Still nothing re-read after 5 s (a seek during a rebalance can fail): ask again.
-    assert sequencer.admit([raw(0, 10)], checkpoint, 6) == ([], [("raw", 0, 5)])
-    # The re-read arrives: in sequence again.
-    admitted, seeks = sequencer.admit([raw(0, 5), raw(0, 6), raw(0, 7)], checkpoint, 7)
-    assert offsets(admitted) == [(0, 5), (0, 6), (0, 7)] and seeks == []
-
-
-def test_sequencer_accepts_a_hole_the_re_read_shows() -> None:
-    sequencer = Sequencer(retry_s=5)
-    checkpoint = {"raw:0": 5}
-    assert sequencer.admit([raw(0, 9)], checkpoint, 0)[1] == [("raw", 0, 5)]
-    assert sequencer.admit([raw(0, 12)], checkpoint, 1)[0] == []  # prefetched: held
-    # The re-read starts at 8 (5-7 are gone), below the 9 that showed the gap.
-    admitted, seeks = sequencer.admit([raw(0, 8), raw(0, 9), raw(0, 10)], checkpoint, 2)
-    assert offsets(admitted) == [(0, 8), (0, 9), (0, 10)] and seeks == []
-
-
-def test_sequencer_lets_a_fresh_partition_start_anywhere_and_replays_through() -> None:
-    sequencer = Sequencer()
-    admitted, seeks = sequencer.admit([raw(0, 40), raw(0, 41)], {}, 0)  # no checkpoint
-    assert offsets(admitted) == [(0, 40), (0, 41)] and seeks == []
-    # Offsets a checkpoint covers pass here; ingest skips them as replays.
-    admitted, _ = sequencer.admit([raw(0, 2), raw(0, 3)], {"raw:0": 4}, 0)
-    assert offsets(admitted) == [(0, 2), (0, 3)]
-
-
 def test_with_states_duplicates_late_and_replays_are_told_apart() -> None:
     from touchstream.streams.eventtime import SourceState
 
@@ -152,12 +116,3 @@ def test_with_states_duplicates_late_and_replays_are_told_apart() -> None:
     states["cx.feedback.v1:2"].checkpoint()
     again = ingest(batch, received, 64 * 1024, None, states)  # a restart replays it
     assert again.replayed == 5 and again.events == [] and again.dead_letters == []
-
-
-def test_a_held_source_is_asked_again_by_the_clock_alone() -> None:
-    sequencer = Sequencer(retry_s=5)
-    sequencer.admit([raw(0, 9)], {"raw:0": 5}, 0)
-    assert sequencer.held("raw:0")
-    assert sequencer.due(4) == []
-    assert sequencer.due(5) == [("raw", 0, 5)]  # no message needed to ask again
-    assert sequencer.due(6) == []

@@ -139,20 +139,69 @@ def test_partition_stores_share_one_table_and_see_only_their_own() -> None:
     p1 = OutcomeTracker(30 * MIN, store=PartitionStore(table, 1))
     p0.start("a", "web", "checkout", T)
     p1.start("b", "web", "checkout", T)
+    assert len(p0) == 1 and table == {}  # written behind: nothing in the table yet
+    p0.store.apply()  # type: ignore[attr-defined]
+    p1.store.apply()  # type: ignore[attr-defined]
     assert set(PartitionStore(table, 0)) == {"a"} and set(PartitionStore(table, 1)) == {"b"}
     again = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
     again.rebuild()
     assert [d.entity_id for d in again.decide(T + 30 * MIN)] == ["a"]
 
 
-def test_combined_watermark_waits_for_the_slowest_active_source() -> None:
+def test_a_decision_reaches_the_table_only_when_applied() -> None:
+    """The worker applies a message's writes after its decisions are flushed: a
+    crash in between leaves the entity open, so the replay decides it again."""
+    table: dict[str, dict] = {}
+    store = PartitionStore(table, 0)
+    tracker = OutcomeTracker(30 * MIN, store=store)
+    tracker.start("a", "web", "checkout", T)
+    tracker.start("b", "web", "checkout", T)
+    store.apply()
+    assert [d.entity_id for d in tracker.decide(T + 30 * MIN)] == ["a", "b"]
+    assert all(table[k].get("decided_at") is None for k in ("a", "b"))  # a crash here...
+    replay = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
+    replay.rebuild()
+    assert [d.entity_id for d in replay.decide(T + 30 * MIN)] == ["a", "b"]  # ...decides again
+    store.apply()
+    assert all(table[k]["decided_at"] == T + 30 * MIN for k in ("a", "b"))
+    del store["a"]
+    assert "a" in table and set(store) == {"b"}
+    store.apply()
+    assert set(table) == {"b"}
+
+
+def test_prefixed_stores_share_a_table_without_seeing_each_other() -> None:
+    table: dict[str, dict] = {}
+    carts, marks = PartitionStore(table, 3, "cart"), PartitionStore(table, 3, "mark|3")
+    carts["x"] = {"first_seen": T, "touches": []}
+    marks["clicks:0"] = {"at": T, "idle": False}
+    carts.apply()
+    marks.apply()
+    assert set(table) == {"cart|x", "mark|3|clicks:0"}
+    assert set(PartitionStore(table, 3, "cart")) == {"x"}
+    assert PartitionStore(table, 3, "mark|3")["clicks:0"]["at"] == T
+    assert set(PartitionStore(table, 4, "cart")) == set()  # another partition's
+
+
+def test_combined_watermark_waits_for_the_slowest_source_idle_or_not() -> None:
     a = {"at": 100.0, "idle": False}
     b = {"at": 40.0, "idle": False}
     empty_idle = {"at": None, "idle": True}
-    done_idle = {"at": 500.0, "idle": True}
+    backlog = {"at": None, "idle": False}  # read nothing yet, messages waiting
+    quiet = {"at": 30.0, "idle": True, "expired": False}  # fully read a moment ago
+    gone_quiet = {"at": 30.0, "idle": True, "expired": True}  # for IDLE_SOURCE_S
+    done = {"at": 500.0, "idle": True, "expired": True}
     assert combined_watermark([a, b]) == 40.0
     assert combined_watermark([a, b, None]) is None  # a source not heard from yet blocks
+    assert combined_watermark([a, backlog]) is None  # so does one with nothing read yet
     assert combined_watermark([a, empty_idle]) == 100.0  # an empty partition does not block
-    assert combined_watermark([b, done_idle]) == 40.0  # idle sources are left out
-    assert combined_watermark([done_idle, {"at": 90.0, "idle": True}]) == 500.0  # all idle
+    # Fully read a moment ago still bounds the others: new messages may wait on it
+    # that nobody has read (its owner may be gone: the bug after a worker kill).
+    assert combined_watermark([a, quiet]) == 30.0
+    assert combined_watermark([a, {**quiet, "expired": None}]) == 30.0  # older reports
+    assert combined_watermark([a, gone_quiet]) == 100.0  # quiet long enough: left out
+    assert combined_watermark([b, done]) == 40.0
+    assert combined_watermark([done, gone_quiet]) == 500.0  # all quiet: the latest reached
+    assert combined_watermark([done, quiet]) == 30.0
+    assert combined_watermark([done, empty_idle]) == 500.0
     assert combined_watermark([empty_idle]) is None

@@ -1,0 +1,188 @@
+"""The raw topics, read by the worker itself rather than through a Faust agent.
+
+Ingest's checkpoints (streams/eventtime.py ``SourceState``: next offset, watermark,
+recent event ids) are the authority on where each raw partition resumes. Read
+through a Faust agent, the consumer position was Faust's: it commits offsets of
+messages it has buffered for ``take_events`` but the agent never handled, so a
+worker killed mid-batch left a gap that its successor had to seek back over, and a
+seek racing Faust's fetch loop could be undone (Faust drops re-fetched messages
+below the read offset it has already passed). Decisions downstream then waited
+on, or ran ahead of, a source that was not where it claimed.
+
+Here a plain aiokafka consumer in its own group (``<app_id>.ingest``) owns the raw
+partitions: on assignment it restores the checkpoints of its new partitions and
+seeks each to its checkpointed next offset; a batch is handled, its outputs flushed
+and its checkpoint written under a lock that a revocation waits for; the group
+offset is committed after the checkpoint (for lag tools), never ahead of it.
+Nothing seeks while a fetch is in flight, so there is no race to lose. It also
+takes the raw intake off Faust's per-message hand-off (``getmany`` batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from touchstream.settings import Settings
+from touchstream.streams.checkpoints import read_latest
+from touchstream.streams.eventtime import SourceState
+from touchstream.streams.ingest import RawMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: list[RawMessage]
+    kafka_timestamps: list[float]  # seconds
+
+
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+def source_of(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+class Intake(ConsumerRebalanceListener):
+    """Batches of raw messages, in offset order per partition, each handed to
+    ``handler`` (which flushes its outputs and checkpoints ``states``) under the
+    lock that a rebalance waits for."""
+
+    def __init__(self, settings: Settings, topics: Collection[str], handler: Handler) -> None:
+        self._settings = settings
+        self._topics = sorted(topics)
+        self._handler = handler
+        self.states: dict[str, SourceState] = {}
+        self.lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def group_id(self) -> str:
+        return f"{self._settings.streams.app_id}.ingest"
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        return self._consumer
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._consumer.highwater(tp) if self._consumer is not None else None
+
+    async def start(self) -> None:
+        kafka, streams = self._settings.kafka, self._settings.streams
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=f"{streams.app_id}-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=min(3000, kafka.session_timeout_ms // 3),
+            max_partition_fetch_bytes=max(1_048_576, streams.max_event_bytes * 2),
+            **kafka.security_kwargs(),
+        )
+        await consumer.start()
+        consumer.subscribe(self._topics, listener=self)
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            async with self.lock:  # the batch at hand finishes and is checkpointed
+                await consumer.stop()  # leaves the group: the others take over at once
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # The batch at hand is finished (outputs flushed, checkpointed) before the
+        # partitions go to another worker.
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.lock:
+            try:
+                await self._restore(set(assigned))
+            except Exception:  # noqa: BLE001 - restored again before its first batch
+                log.exception("restoring ingest checkpoints failed; retried on the first batch")
+                return
+            consumer = self._consumer
+            for tp in assigned:
+                state = self.states.get(source_of(tp))
+                if consumer is not None and state is not None and state.next_offset:
+                    consumer.seek(tp, state.next_offset)
+
+    async def _restore(self, owned: set[TopicPartition]) -> None:
+        """States for the partitions owned now: kept for those already here, read
+        from the checkpoints for new ones; the others are dropped (their next owner
+        restores them)."""
+        sources = {source_of(tp) for tp in owned}
+        for source in [s for s in self.states if s not in sources]:
+            del self.states[source]
+        missing = {tp.partition for tp in owned if source_of(tp) not in self.states}
+        if not missing:
+            return
+        lateness = self._settings.streams.allowed_lateness_s
+        found = await read_latest(self._settings, self._settings.topic("ingest_state"), missing)
+        for tp in owned:
+            source = source_of(tp)
+            if source not in self.states:
+                self.states[source] = SourceState.restore(
+                    source, lateness, found.get(tp.partition, {})
+                )
+
+    async def run(self) -> None:
+        """Until :meth:`stop`; raises what the handler raises."""
+        streams = self._settings.streams
+        timeout_ms = int(streams.batch_interval_s * 1000)
+        while not self._stopping.is_set():
+            consumer = self._consumer
+            if consumer is None:
+                return
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=streams.batch_size
+                )
+            except KafkaError as exc:  # the consumer retries; say so and go on
+                log.warning("raw intake: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not fetched:
+                continue
+            async with self.lock:
+                if self._stopping.is_set():
+                    return
+                owned = self.assignment()
+                # Records fetched before a rebalance for partitions no longer ours are
+                # left to their new owner.
+                fetched = {tp: records for tp, records in fetched.items() if tp in owned}
+                if not fetched:
+                    continue
+                if any(source_of(tp) not in self.states for tp in fetched):
+                    await self._restore(owned)
+                batch = Batch(
+                    [
+                        RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value)
+                        for tp, records in fetched.items()
+                        for r in records
+                    ],
+                    [r.timestamp / 1000 for records in fetched.values() for r in records],
+                )
+                await self._handler(batch)
+                offsets = {
+                    tp: self.states[source_of(tp)].next_offset
+                    for tp in fetched
+                    if self.states[source_of(tp)].next_offset
+                }
+                try:
+                    await consumer.commit(offsets)
+                except KafkaError as exc:  # a rebalance under way: the checkpoints rule
+                    log.info("raw intake: commit skipped (%r)", exc)

@@ -1,0 +1,28 @@
+"""Where the worker's keyed outputs land, computed without a broker."""
+
+from __future__ import annotations
+
+from kafka.partitioner.default import murmur2 as kafka_python_murmur2
+
+from touchstream.streams.app import contribution_key
+from touchstream.streams.outputs import partition_of
+
+
+def test_partition_of_matches_the_java_client_partitioner() -> None:
+    # kafka-python (the emitters' client) implements the same murmur2 as Java's:
+    # the worker's idea of a key's partition is the one every client uses.
+    for key in [b"nps|web|checkout", b"stock|active_delta", b"", b"\xff" * 40]:
+        expected = (kafka_python_murmur2(key) & 0x7FFFFFFF) % 12
+        assert partition_of(key, 12) == expected
+    assert {partition_of(f"k{i}".encode(), 6) for i in range(200)} == set(range(6))
+
+
+def test_stock_kpis_are_keyed_by_their_stock() -> None:
+    # A churn window's numerator and the stock deltas of its denominator are
+    # counted in one partition; per-event KPIs are keyed by their own group.
+    assert contribution_key("churn|web|checkout") == "stock|active_delta"
+    assert contribution_key("churn_detractor|all|all") == "stock|active_delta"
+    assert contribution_key("churn|all|all") == "stock|active_delta"
+    assert contribution_key("upsell|app|plans") == "stock|subscriptions"
+    assert contribution_key("nps|web|checkout") == "nps|web|checkout"
+    assert contribution_key("isn:delivery|all|all") == "isn:delivery|all|all"
