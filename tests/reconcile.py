@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from touchstream.producers.simulator import Message
-from touchstream.producers.truth import Truth, ground_truth
+from touchstream.producers.truth import Truth, truth_for
 from touchstream.settings import Settings, StreamsSettings
 from touchstream.stack import Stack
 
@@ -62,14 +62,7 @@ class Expected:
 
 
 def expect(messages: Sequence[Message], streams: StreamsSettings) -> Expected:
-    truth = ground_truth(
-        messages,
-        window_size_s=streams.window_size_s,
-        window_step_s=streams.window_step_s,
-        daily=streams.daily_window,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-    )
+    truth = truth_for(messages, streams)
     kpis = {
         (r["kpi"], r["channel"], r["touchpoint"], r["window_start"], r["window_size"]): (
             r["numerator"],

@@ -10,23 +10,15 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
-from tests.integration.test_exact_kpis import kpi_rows, landed
+from tests.reconcile import expect, landed, send, until_reconciled
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.producers.truth import truth_for
 from touchstream.stack import Stack
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, streams issue: after a worker kill, under load, an abandonment or "
-    "churn decision can come out wrong or late (seen: one cart counted abandoned, or "
-    "decisions stalled); docs/design/streams.md, 'Open: decisions after a kill'",
-)
 def test_two_workers_one_killed_and_back_kpis_exact(
     broker: LocalBroker, make_settings: SettingsFactory, ch: Any
 ) -> None:
@@ -49,62 +41,39 @@ def test_two_workers_one_killed_and_back_kpis_exact(
         allowed_lateness_s=streams.allowed_lateness_s,
         abandonment_timeout_s=streams.abandonment_timeout_s,
         settle=True,
+        partitions=settings.kafka.partitions,
     )
     messages = Simulator(config).messages()
-    truth = truth_for(messages, streams)
-    want = {
-        (r["kpi"], r["channel"], r["touchpoint"], r["window_start"], r["window_size"]): (
-            r["numerator"],
-            r["denominator"],
-        )
-        for r in truth.rows()
-    }
-    want_landed = (truth.events, truth.late, sum(truth.dead_letters.values()))
+    want = expect(messages, streams)
 
     async def scenario() -> None:
         stack = Stack(settings)
         await stack.start()
         second = stack.spawn_worker("worker-2.log")
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+
+        def check() -> None:
+            stack.check()
+            assert second.poll() is None, "the second worker died"
+
         try:
-
-            def send(part: list[Any]) -> None:
-                for m in part:
-                    producer.send(stack.settings.topic(m.family), key=m.key, value=m.value)
-                producer.flush()
-
             third = len(messages) // 3
-            await asyncio.to_thread(send, messages[:third])
+            await asyncio.to_thread(send, producer, stack.settings, messages[:third])
             deadline = time.monotonic() + 90
-            while landed(ch, db)[0] < truth.events // 6:
-                stack.check()
-                assert second.poll() is None, "the second worker died"
+            while landed(ch, db)[0] < want.truth.events // 6:
+                check()
                 assert time.monotonic() < deadline, "the workers never got going"
                 await asyncio.sleep(0.2)
             stack.kill_worker(restart=False)  # SIGKILL: the second one takes over
-            await asyncio.to_thread(send, messages[third : 2 * third])
+            await asyncio.to_thread(send, producer, stack.settings, messages[third : 2 * third])
             await asyncio.sleep(8)  # past the session timeout: the group rebalanced
+            assert second.poll() is None, "the second worker died"
             stack.kill_worker(restart=True)  # the killed worker comes back
-            await asyncio.to_thread(send, messages[2 * third :])
-
-            deadline = time.monotonic() + 240
-            got: dict[Any, tuple[float, float]] = {}
-            while time.monotonic() < deadline:
-                stack.check()
-                assert second.poll() is None, "the second worker died"
-                got = kpi_rows(ch, db)
-                if got == want and landed(ch, db) == want_landed:
-                    break
-                await asyncio.sleep(1)
-            missing = {k: v for k, v in want.items() if got.get(k) != v}
-            assert not missing and set(got) == set(want), (
-                f"landed {landed(ch, db)} of {want_landed}; {len(missing)} windows differ in "
-                f"{sorted({k[0] for k in missing})}, e.g. "
-                f"{[(k, v, got.get(k)) for k, v in list(missing.items())[:3]]}"
-            )
-            # Every event once: distinct ids = rows after FINAL = the truth.
-            ids = ch.query(f"SELECT uniqExact(event_id) FROM {db}.events").result_rows[0][0]
-            assert ids == truth.events
+            await asyncio.to_thread(send, producer, stack.settings, messages[2 * third :])
+            # Every event once (by id), late ones flagged, dead letters by reason,
+            # every KPI window equal to the truth.
+            await until_reconciled(stack, ch, db, want, timeout_s=240)
+            check()
         finally:
             producer.close()
             second.kill()
