@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -43,7 +43,7 @@ from touchstream.streams.alerts import (
     slot_from_json,
     slot_to_json,
 )
-from touchstream.streams.customers import STOCK_KEY, CustomerBook, Touch, touch_of
+from touchstream.streams.customers import STOCK_KEY, CustomerBook, touch_of
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake
 from touchstream.streams.kpis import Contribution
@@ -52,6 +52,7 @@ from touchstream.streams.outcomes import (
     Op,
     OutcomeTracker,
     PartitionStore,
+    WriteBehind,
     apply,
     combined_watermark,
     decision_contributions,
@@ -62,6 +63,7 @@ from touchstream.streams.outputs import Outputs, partition_of
 log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
+BUNDLE_KEY = b"bundle"  # internal messages carrying many items, sent to a partition
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -227,8 +229,9 @@ def create_app(
             found.rebuild()
         return found
 
+    bucket_store = WriteBehind(buckets)
     aggregator = KpiAggregator(
-        buckets, streams.window_size_s, streams.window_step_s, streams.daily_window
+        bucket_store, streams.window_size_s, streams.window_step_s, streams.daily_window
     )
     dirty: set[Dirty] = set()
 
@@ -244,18 +247,24 @@ def create_app(
         """The contributions partition a KPI group's window is counted in."""
         return partition_of(contribution_key(group).encode(), kafka.partitions)
 
-    async def send_contribution(contribution: Contribution) -> None:
-        body = {
-            "at": contribution.at,
-            "counts": dict(contribution.counts),
-            "src": contribution.source,
-            "off": contribution.offset,
-            "group": contribution.group,
-        }
-        # Rates over a stock (churn, upsell) are keyed by the stock, so the
-        # worker that holds a window's numerator also holds its denominator.
-        key = contribution_key(contribution.group)
-        await outputs.send(contributions_name, json.dumps(body).encode(), key=key.encode())
+    async def send_contributions(contributions: Iterable[Contribution]) -> None:
+        """One message per contributions partition: the KPI agent folds a whole
+        bundle into its buckets and logs each changed bucket once. Partitioned by
+        the contribution key (rates over a stock, churn and upsell, by the stock,
+        so the worker that holds a window's numerator also holds its denominator)."""
+        bundles: dict[int, list[dict[str, Any]]] = {}
+        for contribution in contributions:
+            body = {
+                "at": contribution.at,
+                "counts": dict(contribution.counts),
+                "src": contribution.source,
+                "off": contribution.offset,
+                "group": contribution.group,
+            }
+            bundles.setdefault(contribution_partition(contribution.group), []).append(body)
+        for partition, items in sorted(bundles.items()):
+            value = json.dumps({"contributions": items}).encode()
+            await outputs.send(contributions_name, value, key=BUNDLE_KEY, partition=partition)
 
     async def checkpoint(batch: Batch) -> None:
         """After the batch's outputs are flushed: its state, per source partition."""
@@ -334,27 +343,28 @@ def create_app(
                     json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     key=event.properties.alert_id.encode(),
                 )
-        touches: dict[str, list[Touch]] = {}
+        # One message per outcome partition: its checkouts' and carts' steps and
+        # its customers' touches (partitioned by entity, as keyed messages were).
+        bundles: dict[int, dict[str, Any]] = {}
+
+        def bundle(key: str) -> dict[str, Any]:
+            partition = partition_of(key.encode(), kafka.partitions)
+            return bundles.setdefault(partition, {"ops": [], "customers": {}})
+
         for event, on_time in zip(result.events, result.on_time, strict=True):
             if not on_time:
                 continue
             for op in ops_of(event):
-                await outputs.send(
-                    outcome_events_name,
-                    json.dumps(asdict(op)).encode(),
-                    key=f"{op.kind}|{op.entity_id}".encode(),
-                )
+                bundle(f"{op.kind}|{op.entity_id}")["ops"].append(asdict(op))
             touched = touch_of(event)
             if touched is not None:
-                touches.setdefault(touched[0], []).append(touched[1])
-        for customer_id, customer_touches in touches.items():  # one message a customer
-            await outputs.send(
-                outcome_events_name,
-                json.dumps({"customer": customer_id, "touches": customer_touches}).encode(),
-                key=f"customer|{customer_id}".encode(),
-            )
-        for contribution in result.contributions:
-            await send_contribution(contribution)
+                customer_id, touch = touched
+                customers = bundle(f"customer|{customer_id}")["customers"]
+                customers.setdefault(customer_id, []).append(touch)
+        for partition, body in sorted(bundles.items()):
+            value = json.dumps(body).encode()
+            await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
+        await send_contributions(result.contributions)
         await outputs.flush()
         await checkpoint(batch)
         metrics.observe_batch(batch.kafka_timestamps, result.events, now)
@@ -377,22 +387,27 @@ def create_app(
     async def kpi_agent(stream: faust.StreamT) -> None:
         # One message at a time: a table write is logged to the partition of the
         # message being processed, which take() batches would blur.
+        # A bundle is folded into the buckets in memory (bucket_store's overlay)
+        # and each changed bucket written to the table once.
         async for event in stream.events():
             body = json.loads(event.value)
-            kpi, channel, touchpoint = body.get("group", event.key.decode()).split("|")
-            contribution = Contribution(
-                kpi,
-                channel,
-                touchpoint,
-                float(body["at"]),
-                tuple(body["counts"].items()),
-                body.get("src", ""),
-                int(body.get("off", -1)),
-            )
-            changed = aggregator.add(contribution)
-            if not changed:
-                metrics.replayed_contributions.inc()  # a replay after a restart
-            dirty.update(changed)
+            items = body["contributions"] if "contributions" in body else [body]
+            for item in items:
+                kpi, channel, touchpoint = item.get("group", event.key.decode()).split("|")
+                contribution = Contribution(
+                    kpi,
+                    channel,
+                    touchpoint,
+                    float(item["at"]),
+                    tuple(item["counts"].items()),
+                    item.get("src", ""),
+                    int(item.get("off", -1)),
+                )
+                changed = aggregator.add(contribution)
+                if not changed:
+                    metrics.replayed_contributions.inc()  # a replay after a restart
+                dirty.update(changed)
+            bucket_store.apply()
 
     outcome_sources = [
         f"{topic}:{partition}"
@@ -413,9 +428,14 @@ def create_app(
             if "marks" in body:
                 for source, mark in body["marks"].items():
                     marks(partition)[source] = mark
-            elif "customer" in body:
+            elif "ops" in body:  # a bundle from one ingest batch
+                for op in body["ops"]:
+                    apply(tracker(op["kind"], partition), Op(**op))
+                for customer_id, touches in body["customers"].items():
+                    book(partition).add(customer_id, touches)
+            elif "customer" in body:  # one customer (before bundles)
                 book(partition).add(body["customer"], body["touches"])
-            else:
+            else:  # one step (before bundles)
                 apply(tracker(body["kind"], partition), Op(**body))
             watermark = combined_watermark(
                 [marks(partition).get(source) for source in outcome_sources]
@@ -431,18 +451,19 @@ def create_app(
         # Decisions taken at this message are numbered from its offset, so a
         # replay of it after a restart is recognised by the KPI agent.
         n = offset * 1_000_000
+        source = f"outcomes:{partition}"
+        out: list[Contribution] = []
         for kind in KINDS:
             decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
             for decision in decisions:
                 for contribution in decision_contributions(kind, decision):
-                    await send_contribution(
-                        replace(contribution, source=f"outcomes:{partition}", offset=n)
-                    )
+                    out.append(replace(contribution, source=source, offset=n))
                 n += 1
         for contribution in book(partition).decide(watermark - streams.allowed_lateness_s):
-            await send_contribution(replace(contribution, source=f"outcomes:{partition}", offset=n))
+            out.append(replace(contribution, source=source, offset=n))
             n += 1
-        if n != offset * 1_000_000:
+        if out:
+            await send_contributions(out)
             await outputs.flush()  # decisions out before the tables say decided
 
     @outcome_table.on_recover

@@ -246,6 +246,47 @@ class OutcomeTracker:
 _DELETED = object()
 
 
+class WriteBehind(MutableMapping[str, Any]):
+    """A mapping whose writes wait in an overlay until :meth:`apply`, which writes
+    each key changed since once: an agent folding a bundle of many items into a
+    Faust table logs one changelog record per changed key, not one per item."""
+
+    def __init__(self, store: MutableMapping[str, Any]) -> None:
+        self._store = store
+        self._pending: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._pending[key] if key in self._pending else self._store[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._pending[key] = _DELETED
+
+    def __iter__(self) -> Iterator[str]:
+        pending = dict(self._pending)
+        yield from (k for k in list(self._store.keys()) if k not in pending)
+        yield from (k for k, v in pending.items() if v is not _DELETED)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def apply(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            if value is _DELETED:
+                if key in self._store:
+                    del self._store[key]
+            else:
+                self._store[key] = value
+
+
 class PartitionStore(MutableMapping[str, Entity]):
     """The entities of one partition inside a store shared by all (a Faust table
     holds every partition a worker owns, and several kinds of state): keys carry a

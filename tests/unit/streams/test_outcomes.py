@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from tests.samples import wire
 from touchstream.schemas import Invalid, parse_object
 from touchstream.schemas.events import AnyEvent
@@ -7,6 +11,7 @@ from touchstream.streams.outcomes import (
     Decision,
     OutcomeTracker,
     PartitionStore,
+    WriteBehind,
     combined_watermark,
     decision_contributions,
     ops_of,
@@ -205,3 +210,25 @@ def test_combined_watermark_waits_for_the_slowest_source_idle_or_not() -> None:
     assert combined_watermark([done, quiet]) == 30.0
     assert combined_watermark([done, empty_idle]) == 500.0
     assert combined_watermark([empty_idle]) is None
+
+
+def test_write_behind_writes_each_changed_key_once_when_applied() -> None:
+    writes: list[str] = []
+
+    class Logged(dict[str, Any]):
+        def __setitem__(self, key: str, value: Any) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    table = Logged(old={"n": 1}, gone={"n": 0})
+    store = WriteBehind(table)
+    for n in range(5):  # a bundle bumping one bucket five times
+        store["b"] = {"n": n}
+    store["old"] = {"n": 2}
+    del store["gone"]
+    assert store["b"] == {"n": 4} and "gone" not in store and set(store) == {"old", "b"}
+    assert writes == [] and table["old"] == {"n": 1}  # nothing written yet
+    store.apply()
+    assert sorted(writes) == ["b", "old"] and table == {"old": {"n": 2}, "b": {"n": 4}}
+    with pytest.raises(KeyError):
+        del store["gone"]
