@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -64,6 +64,25 @@ log = logging.getLogger(__name__)
 
 EXIT_AGENT_CRASHED = 70
 BUNDLE_KEY = b"bundle"  # internal messages carrying many items, sent to a partition
+# Items per bundle message (~150-300 bytes each): well under a broker's default
+# 1 MB message limit whatever a batch holds.
+BUNDLE_ITEMS = 1000
+
+
+def bundle_chunks(
+    ops: list[dict[str, Any]], customers: dict[str, list[Any]]
+) -> Iterator[dict[str, Any]]:
+    """An outcome partition's share of a batch, in messages of at most
+    BUNDLE_ITEMS steps and customers (a customer's touches stay together), in
+    order: steps first, then customers, as one message would apply them."""
+    for start in range(0, len(ops), BUNDLE_ITEMS):
+        yield {"ops": ops[start : start + BUNDLE_ITEMS], "customers": {}}
+    names = list(customers)
+    for start in range(0, len(names), BUNDLE_ITEMS):
+        yield {
+            "ops": [],
+            "customers": {n: customers[n] for n in names[start : start + BUNDLE_ITEMS]},
+        }
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -85,6 +104,14 @@ class TouchstreamApp(faust.App):
     running with the agent dead otherwise, counting nothing)."""
 
     crash_handler: Callable[[Any, BaseException], Awaitable[None]] | None = None
+    # Started with the app, not after table recovery as @app.task is: the raw
+    # intake needs no table, and waiting delayed the first alert by seconds.
+    early_tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for task in self.early_tasks:
+            self.add_future(task())
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         if self.crash_handler is not None:
@@ -263,8 +290,10 @@ def create_app(
             }
             bundles.setdefault(contribution_partition(contribution.group), []).append(body)
         for partition, items in sorted(bundles.items()):
-            value = json.dumps({"contributions": items}).encode()
-            await outputs.send(contributions_name, value, key=BUNDLE_KEY, partition=partition)
+            for start in range(0, len(items), BUNDLE_ITEMS):
+                chunk = items[start : start + BUNDLE_ITEMS]
+                value = json.dumps({"contributions": chunk}).encode()
+                await outputs.send(contributions_name, value, key=BUNDLE_KEY, partition=partition)
 
     async def checkpoint(batch: Batch) -> None:
         """After the batch's outputs are flushed: its state, per source partition."""
@@ -317,10 +346,17 @@ def create_app(
             metrics.messages_in.labels(message.topic).inc()
         now = utcnow()
         result = ingest(messages, now, streams.max_event_bytes, pii, intake.states)
-        for event, on_time in zip(result.events, result.on_time, strict=True):
-            # A late event is stored, flagged; no KPI window counts it.
+        for event, on_time, source in zip(
+            result.events, result.on_time, result.sources, strict=True
+        ):
+            # A late event is stored, flagged; no KPI window counts it. Same key,
+            # and the partition it came from: the one murmur2 of its key gives
+            # (the raw topics are keyed by identity), without the producer's
+            # per-record partitioner.
             value = forwarded(event, now, late=not on_time)
-            await outputs.send(events_name, value, key=event.identity.encode())
+            raw_partition = int(source.rsplit(":", 1)[1])
+            partition = raw_partition if raw_partition < kafka.partitions else None
+            await outputs.send(events_name, value, key=event.identity.encode(), partition=partition)
             metrics.events_valid.labels(event.event_type).inc()
         metrics.duplicates.inc(sum(result.duplicates.values()))
         metrics.replayed.inc(result.replayed)
@@ -362,8 +398,9 @@ def create_app(
                 customers = bundle(f"customer|{customer_id}")["customers"]
                 customers.setdefault(customer_id, []).append(touch)
         for partition, body in sorted(bundles.items()):
-            value = json.dumps(body).encode()
-            await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
+            for chunk in bundle_chunks(body["ops"], body["customers"]):
+                value = json.dumps(chunk).encode()
+                await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
         await send_contributions(result.contributions)
         await outputs.flush()
         await checkpoint(batch)
@@ -373,7 +410,6 @@ def create_app(
 
     intake = Intake(settings, raw_topics, handle)
 
-    @app.task
     async def run_intake() -> None:
         try:
             await intake.start()
@@ -382,6 +418,8 @@ def create_app(
             raise
         except Exception as exc:  # noqa: BLE001 - a crash is loud: the worker exits
             await crashed("touchstream.ingest", exc)
+
+    app.early_tasks = (run_intake,)
 
     @app.agent(contributions_topic, name="touchstream.kpis")
     async def kpi_agent(stream: faust.StreamT) -> None:
@@ -551,7 +589,11 @@ def create_app(
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == contributions_name}
         for group, window in pending:
             if contribution_partition(group) not in owned:
-                continue  # its owner emits it
+                # Its owner emits it; kept dirty in case this worker is that owner
+                # again once a rebalance under way settles (no recovery marks it
+                # dirty then if the partition never left).
+                dirty.add((group, window))
+                continue
             update = aggregator.update(group, window, version, now)
             if not update.counts:
                 continue

@@ -5,7 +5,6 @@ local broker under-reports ``end_offsets``)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -19,10 +18,28 @@ class CheckpointReadError(RuntimeError):
 async def read_latest(
     settings: Settings, topic: str, partitions: set[int], timeout_s: float = 60.0
 ) -> dict[int, dict[str, bytes | None]]:
-    """Partition → key → latest value (None for a tombstone)."""
+    """Partition → key → latest value (None for a tombstone).
+
+    Every step is bounded by ``timeout_s`` (CheckpointReadError): a consumer that
+    never got a position once held a worker's whole raw intake (seen on the local
+    broker after a rebalance), so nothing here waits without a deadline."""
     out: dict[int, dict[str, bytes | None]] = {p: {} for p in partitions}
     if not partitions:
         return out
+    try:
+        async with asyncio.timeout(timeout_s):
+            await _read(settings, topic, partitions, out)
+    except TimeoutError:
+        raise CheckpointReadError(
+            f"{topic}: partitions {sorted(partitions)} not read to their end "
+            f"within {timeout_s:.0f}s"
+        ) from None
+    return out
+
+
+async def _read(
+    settings: Settings, topic: str, partitions: set[int], out: dict[int, dict[str, bytes | None]]
+) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         client_id=f"{settings.streams.app_id}-checkpoints",
@@ -35,15 +52,12 @@ async def read_latest(
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            # An explicit position (a compacted head out of range resets to the
+            # earliest): seek_to_beginning's lazy reset once never completed.
+            consumer.seek(tp, 0)
         pending = set(tps)
-        deadline = time.monotonic() + timeout_s
         while pending:
-            if time.monotonic() > deadline:
-                raise CheckpointReadError(
-                    f"{topic}: partitions {sorted(tp.partition for tp in pending)} not read "
-                    f"to their end within {timeout_s:.0f}s"
-                )
             fetched = await consumer.getmany(*pending, timeout_ms=200)
             for tp, records in fetched.items():
                 for record in records:
@@ -56,4 +70,3 @@ async def read_latest(
             await asyncio.sleep(0)
     finally:
         await consumer.stop()
-    return out

@@ -29,11 +29,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from touchstream.settings import Settings
-from touchstream.streams.checkpoints import read_latest
+from touchstream.streams.checkpoints import CheckpointReadError, read_latest
 from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import RawMessage
 
 log = logging.getLogger(__name__)
+
+RESTORE_TIMEOUT_S = 20.0  # one attempt at reading the checkpoints of new partitions
+RESTORE_ATTEMPTS = 3  # then the worker stops, loudly (exit 70)
+COMMIT_TIMEOUT_S = 10.0  # the group offset is for lag tools; the checkpoint rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +135,16 @@ class Intake(ConsumerRebalanceListener):
         if not missing:
             return
         lateness = self._settings.streams.allowed_lateness_s
-        found = await read_latest(self._settings, self._settings.topic("ingest_state"), missing)
+        topic = self._settings.topic("ingest_state")
+        found: dict[int, dict[str, bytes | None]] = {}
+        for attempt in range(1, RESTORE_ATTEMPTS + 1):
+            try:
+                found = await read_latest(self._settings, topic, missing, RESTORE_TIMEOUT_S)
+                break
+            except CheckpointReadError:
+                if attempt == RESTORE_ATTEMPTS:
+                    raise
+                log.warning("reading checkpoints of %s: attempt %d timed out", topic, attempt)
         for tp in owned:
             source = source_of(tp)
             if source not in self.states:
@@ -182,7 +195,9 @@ class Intake(ConsumerRebalanceListener):
                     for tp in fetched
                     if self.states[source_of(tp)].next_offset
                 }
-                try:
-                    await consumer.commit(offsets)
-                except KafkaError as exc:  # a rebalance under way: the checkpoints rule
-                    log.info("raw intake: commit skipped (%r)", exc)
+            # Outside the lock: a commit can wait on a rebalance, and the rebalance
+            # waits on this lock (on_partitions_revoked).
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:  # a rebalance: the checkpoints rule
+                log.info("raw intake: commit skipped (%r)", exc)

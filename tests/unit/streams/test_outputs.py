@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from touchstream.streams.app import contribution_key
+from touchstream.streams.app import BUNDLE_ITEMS, bundle_chunks, contribution_key
 from touchstream.streams.outputs import partition_of
 
 
@@ -26,3 +26,15 @@ def test_stock_kpis_are_keyed_by_their_stock() -> None:
     assert contribution_key("upsell|app|plans") == "stock|subscriptions"
     assert contribution_key("nps|web|checkout") == "nps|web|checkout"
     assert contribution_key("isn:delivery|all|all") == "isn:delivery|all|all"
+
+
+def test_outcome_bundles_are_chunked_in_order_and_nothing_is_lost() -> None:
+    ops = [{"n": i} for i in range(2 * BUNDLE_ITEMS + 3)]
+    customers = {f"c{i}": [[i, "touch"]] * 3 for i in range(BUNDLE_ITEMS + 1)}
+    chunks = list(bundle_chunks(ops, customers))
+    assert [len(c["ops"]) for c in chunks] == [BUNDLE_ITEMS, BUNDLE_ITEMS, 3, 0, 0]
+    assert [len(c["customers"]) for c in chunks] == [0, 0, 0, BUNDLE_ITEMS, 1]
+    assert [op for c in chunks for op in c["ops"]] == ops
+    merged = {k: v for c in chunks for k, v in c["customers"].items()}
+    assert merged == customers and list(merged) == list(customers)
+    assert list(bundle_chunks([], {})) == []
