@@ -301,42 +301,35 @@ class PartitionStore(MutableMapping[str, Entity]):
     downstream)."""
 
     def __init__(self, store: MutableMapping[str, Any], partition: int, prefix: str = "") -> None:
-        self._store = store
+        self._overlay = WriteBehind(store)
         self._partition = partition
         self._prefix = f"{prefix}|" if prefix else ""
-        self._pending: dict[str, Any] = {}  # stored key → value or _DELETED
 
     def __getitem__(self, key: str) -> Entity:
-        stored = self._prefix + key
-        value = self._pending[stored] if stored in self._pending else self._store.get(stored)
-        if value is None or value is _DELETED:
+        value = self._overlay.get(self._prefix + key)
+        if value is None:
             raise KeyError(key)
         return dict(value)
 
     def __setitem__(self, key: str, value: Entity) -> None:
-        self._pending[self._prefix + key] = {**value, "p": self._partition}
+        self._overlay[self._prefix + key] = {**value, "p": self._partition}
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self._pending[self._prefix + key] = _DELETED
+        del self._overlay[self._prefix + key]
 
     def __iter__(self) -> Iterator[str]:
-        pending, prefix, cut = dict(self._pending), self._prefix, len(self._prefix)
-        for k, v in list(self._store.items()):
-            if k.startswith(prefix) and k not in pending and v and v.get("p") == self._partition:
-                yield k[cut:]
-        yield from (k[cut:] for k, v in pending.items() if v is not _DELETED)
+        prefix, cut = self._prefix, len(self._prefix)
+        for k in list(self._overlay):
+            if k.startswith(prefix):
+                value = self._overlay.get(k)
+                if value and value.get("p") == self._partition:
+                    yield k[cut:]
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def apply(self) -> None:
         """Write the overlay to the underlying store."""
-        pending, self._pending = self._pending, {}
-        for key, value in pending.items():
-            if value is _DELETED:
-                if key in self._store:
-                    del self._store[key]
-            else:
-                self._store[key] = value
+        self._overlay.apply()
