@@ -1,5 +1,6 @@
-"""A deterministic storefront: customers with anonymous→identified sessions across
-channels, browsing, carts, checkouts completed or dropped at a step, orders,
+"""A deterministic storefront: customers with anonymous→identified sessions on two
+devices (app and browser) across channels, browsing, carts, checkouts completed or
+dropped at a step, orders,
 cancellations, returns, deliveries, subscriptions with cancellations and
 retention saves, support contacts, and NPS/CSAT/CES/ISN/comment feedback tied to
 touchpoints; detractors' cases closed some hours later.
@@ -198,20 +199,29 @@ class Simulator:
         sessions = max(1, round(rng.expovariate(1 / self.config.sessions_per_customer)))
         span = self.config.duration_s
         starts = sorted(rng.uniform(0, span * 0.9) for _ in range(sessions))
-        anonymous_id = f"a-{self._uuid()[:13]}"
-        state: dict[str, Any] = {"identified": False, "subscription": None}
+        # One anonymous id per device: the mobile app's, and the browser's for every
+        # other channel. A device is anonymous until the customer identifies on it
+        # (at checkout), so a customer known on the web still browses the app
+        # logged out: identity stitching links those events to them.
+        first = f"a-{self._uuid()[:13]}"
+        state: dict[str, Any] = {"devices": {}, "first": first, "subscription": None}
         for offset in starts:
             at = self.config.start + timedelta(seconds=offset)
-            yield from self._session(customer_id, anonymous_id, state, at)
+            yield from self._session(customer_id, state, at)
 
     def _session(
-        self, customer_id: str, anonymous_id: str, state: dict[str, Any], at: datetime
+        self, customer_id: str, state: dict[str, Any], at: datetime
     ) -> Iterator[dict[str, Any]]:
         rng = self._rng
         channel = self._channel()
         session_id = f"s-{self._uuid()[:13]}"
-        who: dict[str, str] = {"anonymous_id": anonymous_id}
-        if state["identified"]:
+        device = "app" if channel == "mobile_app" else "browser"
+        if device not in state["devices"]:
+            anonymous = state.pop("first", None) or f"a-{self._uuid()[:13]}"
+            state["devices"][device] = {"anonymous_id": anonymous, "identified": False}
+        seen = state["devices"][device]
+        who: dict[str, str] = {"anonymous_id": seen["anonymous_id"]}
+        if seen["identified"]:
             who["customer_id"] = customer_id
         clock = [at]
 
@@ -240,7 +250,7 @@ class Simulator:
             yield event(
                 "search", "search", query=rng.choice(CATEGORIES), results=rng.randint(0, 40)
             )
-        if state["identified"]:
+        if seen["identified"]:
             yield from self._subscription(event, state)
         cart_id = f"cart-{self._uuid()[:13]}"
         lines: list[dict[str, Any]] = []
@@ -263,8 +273,8 @@ class Simulator:
             yield event("remove_from_cart", "cart", **lines.pop())
         if not lines or rng.random() < 0.3:
             return
-        if not state["identified"]:
-            state["identified"] = True
+        if not seen["identified"]:
+            seen["identified"] = True
             who["customer_id"] = customer_id
             # Services may send PII in clear: the stream pseudonymises it (schemas/pii.py).
             yield event("identify", "checkout", email=f"{customer_id}@example.com")

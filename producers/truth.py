@@ -373,16 +373,29 @@ def _customers(
     attributed to the last interaction (and the last detractor feedback) before
     the churning moment; rates over the stock active at the window start."""
     timelines: dict[str, list[tuple[float, str, str, str, bool, str]]] = defaultdict(list)
+    # Identity stitching: an anonymous id belongs to the customer of its latest
+    # link in event time (identify, or any event carrying both ids); its events
+    # are that customer's interactions (orders and subscriptions count only with
+    # a customer_id).
+    links: dict[str, tuple[float, str]] = {}
     for e in events:
-        if not e.get("customer_id"):
-            continue
+        if e.get("customer_id") and e.get("anonymous_id"):
+            link = (e["_at"], e["customer_id"])
+            links[e["anonymous_id"]] = max(links.get(e["anonymous_id"], link), link)
+    for e in events:
+        customer = e.get("customer_id")
         kind = e["event_type"]
+        if not customer:
+            linked = links.get(e.get("anonymous_id") or "")
+            if linked is None:
+                continue
+            customer, kind = linked[1], "touch"
         if kind == "order_placed":
             kind = "order"
         elif kind not in SUBSCRIPTION_KINDS:
             kind = "touch"
         subscription = e["properties"]["subscription_id"] if kind in SUBSCRIPTION_KINDS else ""
-        timelines[e["customer_id"]].append(
+        timelines[customer].append(
             (e["_at"], kind, e["channel"], e["touchpoint"], _detractor(e), subscription)
         )
     stocks: dict[str, list[tuple[float, float]]] = {"active_delta": [], "subscriptions": []}

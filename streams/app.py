@@ -43,7 +43,14 @@ from touchstream.streams.alerts import (
     slot_from_json,
     slot_to_json,
 )
-from touchstream.streams.customers import STOCK_KEY, CustomerBook, touch_of
+from touchstream.streams.customers import (
+    STOCK_KEY,
+    AnonymousBook,
+    CustomerBook,
+    anonymous_touch_of,
+    link_of,
+    touch_of,
+)
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake
 from touchstream.streams.kpis import Contribution
@@ -69,20 +76,24 @@ BUNDLE_KEY = b"bundle"  # internal messages carrying many items, sent to a parti
 BUNDLE_ITEMS = 1000
 
 
-def bundle_chunks(
-    ops: list[dict[str, Any]], customers: dict[str, list[Any]]
-) -> Iterator[dict[str, Any]]:
+BUNDLE_PARTS = ("ops", "customers", "links", "anonymous")
+BUNDLE_PARTS_SET = frozenset(BUNDLE_PARTS)
+
+
+def bundle_chunks(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """An outcome partition's share of a batch, in messages of at most
-    BUNDLE_ITEMS steps and customers (a customer's touches stay together), in
-    order: steps first, then customers, as one message would apply them."""
-    for start in range(0, len(ops), BUNDLE_ITEMS):
-        yield {"ops": ops[start : start + BUNDLE_ITEMS], "customers": {}}
-    names = list(customers)
-    for start in range(0, len(names), BUNDLE_ITEMS):
-        yield {
-            "ops": [],
-            "customers": {n: customers[n] for n in names[start : start + BUNDLE_ITEMS]},
-        }
+    BUNDLE_ITEMS items each: checkout and cart steps, customers' touches (a
+    customer's touches stay together), links of anonymous ids to customers, and
+    anonymous ids' touches, in that order, as one message would apply them."""
+    for part in BUNDLE_PARTS:
+        items = body.get(part) or ([] if part == "ops" else {})
+        if isinstance(items, list):
+            for start in range(0, len(items), BUNDLE_ITEMS):
+                yield {"ops": items[start : start + BUNDLE_ITEMS]}
+            continue
+        names = list(items)
+        for start in range(0, len(names), BUNDLE_ITEMS):
+            yield {part: {n: items[n] for n in names[start : start + BUNDLE_ITEMS]}}
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
@@ -224,6 +235,7 @@ def create_app(
     )
     trackers: dict[tuple[str, int], OutcomeTracker] = {}
     books: dict[int, CustomerBook] = {}
+    anonymous_books: dict[int, AnonymousBook] = {}
     # Per outcome partition, its write-behind stores (marks, trackers, book):
     # applied once the decisions of the message at hand are flushed.
     partition_stores: dict[int, dict[str, PartitionStore]] = {}
@@ -243,6 +255,14 @@ def create_app(
         if found is None:
             store = store_of(partition, "customer")
             found = books[partition] = CustomerBook(store, streams.churn_horizon_s)
+            found.rebuild()
+        return found
+
+    def anonymous_book(partition: int) -> AnonymousBook:
+        found = anonymous_books.get(partition)
+        if found is None:
+            store = store_of(partition, "anonymous")
+            found = anonymous_books[partition] = AnonymousBook(store, streams.churn_horizon_s)
             found.rebuild()
         return found
 
@@ -379,13 +399,16 @@ def create_app(
                     json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),
                     key=event.properties.alert_id.encode(),
                 )
-        # One message per outcome partition: its checkouts' and carts' steps and
-        # its customers' touches (partitioned by entity, as keyed messages were).
+        # One message per outcome partition: its checkouts' and carts' steps, its
+        # customers' touches, and its anonymous ids' links and touches
+        # (partitioned by entity, as keyed messages were).
         bundles: dict[int, dict[str, Any]] = {}
 
         def bundle(key: str) -> dict[str, Any]:
             partition = partition_of(key.encode(), kafka.partitions)
-            return bundles.setdefault(partition, {"ops": [], "customers": {}})
+            return bundles.setdefault(
+                partition, {"ops": [], "customers": {}, "links": {}, "anonymous": {}}
+            )
 
         for event, on_time in zip(result.events, result.on_time, strict=True):
             if not on_time:
@@ -397,8 +420,20 @@ def create_app(
                 customer_id, touch = touched
                 customers = bundle(f"customer|{customer_id}")["customers"]
                 customers.setdefault(customer_id, []).append(touch)
+            linked = link_of(event)
+            if linked is not None:  # the latest link of the batch is enough
+                anonymous_id, customer_id, at = linked
+                links = bundle(f"anonymous|{anonymous_id}")["links"]
+                links[anonymous_id] = max(
+                    links.get(anonymous_id, [at, customer_id]), [at, customer_id]
+                )
+            anonymous = anonymous_touch_of(event)
+            if anonymous is not None:
+                anonymous_id, touch = anonymous
+                held = bundle(f"anonymous|{anonymous_id}")["anonymous"]
+                held.setdefault(anonymous_id, []).append(touch)
         for partition, body in sorted(bundles.items()):
-            for chunk in bundle_chunks(body["ops"], body["customers"]):
+            for chunk in bundle_chunks(body):
                 value = json.dumps(chunk).encode()
                 await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
         await send_contributions(result.contributions)
@@ -463,46 +498,92 @@ def create_app(
                 metrics.replayed_outcomes.inc()
                 continue  # a replay: the table holds its effects (outcome_table)
             body = json.loads(event.value)
+            merged: list[Contribution] = []  # late stitched interactions' changes
+            stitched: dict[str, list[Any]] = {}  # customer → touches of anonymous ids
             if "marks" in body:
                 for source, mark in body["marks"].items():
                     marks(partition)[source] = mark
-            elif "ops" in body:  # a bundle from one ingest batch
-                for op in body["ops"]:
+            elif not BUNDLE_PARTS_SET.isdisjoint(body):  # a bundle (or one part of it)
+                for op in body.get("ops", ()):
                     apply(tracker(op["kind"], partition), Op(**op))
-                for customer_id, touches in body["customers"].items():
-                    book(partition).add(customer_id, touches)
+                for customer_id, touches in body.get("customers", {}).items():
+                    merged.extend(book(partition).add(customer_id, touches))
+                anonymous = anonymous_book(partition)
+                forwards = [
+                    *(
+                        forward
+                        for anonymous_id, (at, customer_id) in body.get("links", {}).items()
+                        for forward in anonymous.link(anonymous_id, customer_id, float(at))
+                    ),
+                    *(
+                        forward
+                        for anonymous_id, touches in body.get("anonymous", {}).items()
+                        for forward in anonymous.add(anonymous_id, touches)
+                    ),
+                ]
+                for customer_id, touches in forwards:
+                    stitched.setdefault(customer_id, []).extend(touches)
             elif "customer" in body:  # one customer (before bundles)
-                book(partition).add(body["customer"], body["touches"])
+                merged.extend(book(partition).add(body["customer"], body["touches"]))
             else:  # one step (before bundles)
                 apply(tracker(body["kind"], partition), Op(**body))
+            sent = await send_stitched(stitched)
             watermark = combined_watermark(
                 [marks(partition).get(source) for source in outcome_sources]
             )
-            if watermark is not None:
-                await decide(partition, offset, watermark)
+            await decide(partition, offset, watermark, merged, sent)
             for store in partition_stores.get(partition, {}).values():
                 store.apply()  # after the decisions are out (PartitionStore)
             outcome_table[f"offset|{partition}"] = offset  # last: after its effects
 
-    async def decide(partition: int, offset: int, watermark: float) -> None:
-        """Decisions the watermark settles in an outcome partition, sent and flushed."""
-        # Decisions taken at this message are numbered from its offset, so a
+    async def send_stitched(stitched: dict[str, list[Any]]) -> bool:
+        """Anonymous ids' touches to their customers' outcome partitions (sent before
+        the anonymous ids' state is applied, with the decisions' flush; a replay
+        sends them again, which the customers' books take as replays)."""
+        bundles: dict[int, dict[str, Any]] = {}
+        for customer_id, touches in stitched.items():
+            target = partition_of(f"customer|{customer_id}".encode(), kafka.partitions)
+            bundles.setdefault(target, {}).setdefault(customer_id, []).extend(touches)
+        for target, customers in sorted(bundles.items()):
+            for chunk in bundle_chunks({"customers": customers}):
+                value = json.dumps(chunk).encode()
+                await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=target)
+        metrics.stitched_touches.inc(sum(len(t) for t in stitched.values()))
+        return bool(bundles)
+
+    async def decide(
+        partition: int,
+        offset: int,
+        watermark: float | None,
+        merged: list[Contribution],
+        sent: bool,
+    ) -> None:
+        """What a message changed in an outcome partition (stitched interactions
+        merged behind the watermark, then the decisions the watermark settles),
+        sent, and everything this message sent flushed."""
+        # Contributions from this message are numbered from its offset, so a
         # replay of it after a restart is recognised by the KPI agent.
         n = offset * 1_000_000
         source = f"outcomes:{partition}"
         out: list[Contribution] = []
-        for kind in KINDS:
-            decisions = tracker(kind, partition).decide(watermark - streams.allowed_lateness_s)
-            for decision in decisions:
-                for contribution in decision_contributions(kind, decision):
-                    out.append(replace(contribution, source=source, offset=n))
-                n += 1
-        for contribution in book(partition).decide(watermark - streams.allowed_lateness_s):
+        for contribution in merged:
             out.append(replace(contribution, source=source, offset=n))
             n += 1
+        if watermark is not None:
+            settled = watermark - streams.allowed_lateness_s
+            for kind in KINDS:
+                for decision in tracker(kind, partition).decide(settled):
+                    for contribution in decision_contributions(kind, decision):
+                        out.append(replace(contribution, source=source, offset=n))
+                    n += 1
+            for contribution in book(partition).decide(settled):
+                out.append(replace(contribution, source=source, offset=n))
+                n += 1
+            anonymous_book(partition).expire(settled)
         if out:
             await send_contributions(out)
-            await outputs.flush()  # decisions out before the tables say decided
+        if out or sent:
+            await outputs.flush()  # everything out before the tables say done
 
     @outcome_table.on_recover
     async def outcomes_recovered() -> None:
@@ -510,6 +591,8 @@ def create_app(
             tracked.rebuild()
         for found in books.values():
             found.rebuild()
+        for anonymous in anonymous_books.values():
+            anonymous.rebuild()
 
     async def emit_alert(alert: Any) -> None:
         await outputs.send(

@@ -23,6 +23,18 @@ the raw topics does not matter. A stock (active customers, active
 subscriptions) at an instant is the sum of the deltas before it; deltas are
 contributions ``active_delta`` / ``subscription_delta`` to the overall group.
 
+Identity stitching (``AnonymousBook``): an event with only an ``anonymous_id``
+is an interaction of the customer that id is linked to, by ``identify`` or by any
+event carrying both ids (the latest link in event time wins, as in ClickHouse's
+``identities`` view). Until an anonymous id is linked, its latest interaction and
+latest detractor feedback are kept; the link hands them to the customer, and the
+id's later interactions follow one by one. A stitched interaction can reach the
+customer after their history was decided past it (it comes from another
+partition): it then becomes the last interaction or detractor feedback if it is
+newer, and a churn it precedes is re-attributed to it (a -1 for the old
+touchpoint, a +1 for the new), so the result does not depend on arrival order.
+Orders and subscription events count for churn only with a ``customer_id``.
+
 State lives in any mutable mapping of JSON-able dicts, one per customer.
 """
 
@@ -73,6 +85,29 @@ def is_detractor(event: AnyEvent) -> bool:
     return False
 
 
+def anonymous_touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
+    """(anonymous_id, touch) for an event with only an anonymous id: an interaction
+    (whatever its type) of the customer the id is or will be linked to."""
+    if event.customer_id or not event.anonymous_id:
+        return None
+    touch = [
+        event.occurred_at.timestamp(),
+        "touch",
+        event.channel,
+        event.touchpoint,
+        is_detractor(event),
+        "",
+    ]
+    return event.anonymous_id, touch
+
+
+def link_of(event: AnyEvent) -> tuple[str, str, float] | None:
+    """(anonymous_id, customer_id, at) for an event carrying both ids."""
+    if not (event.customer_id and event.anonymous_id):
+        return None
+    return event.anonymous_id, event.customer_id, event.occurred_at.timestamp()
+
+
 def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
     """(customer_id, touch) for an identified event, else None."""
     if not event.customer_id:
@@ -118,19 +153,28 @@ class CustomerBook:
         if times:
             heapq.heappush(self._due, (min(times), customer_id))
 
-    def add(self, customer_id: str, touches: Iterable[Touch]) -> None:
+    def add(self, customer_id: str, touches: Iterable[Touch]) -> list[Contribution]:
+        """Queue a customer's touches; what an interaction behind the decided
+        watermark changes (a stitched one, see the module) comes back at once."""
         state = self._state(customer_id)
         pending = [list(t) for t in state["pending"]]
         done = state.get("decided_until")
+        out: list[Contribution] = []
         for touch in touches:
             # A replayed batch adds nothing: what it carries is either pending
-            # already or behind the watermark this customer was decided to.
-            if list(touch) in pending or (done is not None and touch[0] <= done):
+            # already or behind the watermark this customer was decided to (where
+            # a plain interaction is merged, which a replay leaves as it was).
+            if list(touch) in pending:
+                continue
+            if done is not None and touch[0] <= done:
+                if touch[1] == "touch":
+                    _merge_late(state, touch, out)
                 continue
             bisect.insort(pending, list(touch))
         state["pending"] = pending
         self.store[customer_id] = state
         self._schedule(customer_id, state)
+        return out
 
     def _state(self, customer_id: str) -> dict[str, Any]:
         found = self.store.get(customer_id)
@@ -143,6 +187,7 @@ class CustomerBook:
             "last_touch": None,
             "last_detractor": None,
             "subscriptions": {},
+            "churns": [],  # [at, last touch, last detractor]: for late re-attribution
         }
 
     def decide(self, watermark: float) -> list[Contribution]:
@@ -233,8 +278,108 @@ class CustomerBook:
         if detractor is not None:
             out.append(Contribution("churn_detractor", detractor[1], detractor[2], at, counts))
             out.append(Contribution("churn_detractor", OVERALL, OVERALL, at, counts))
+        state["churns"] = [*state.get("churns", []), [at, touch, detractor]]
+
+
+def _merge_late(state: dict[str, Any], touch: Touch, out: list[Contribution]) -> None:
+    """An interaction that arrives behind the decided watermark (stitched from an
+    anonymous id): the last interaction or detractor feedback if newer, and the
+    churns it precedes re-attributed to it if it is newer than what they used."""
+    at, _, channel, touchpoint, detractor, _ = touch
+    new = [at, channel, touchpoint]
+    kinds = (("churn", 1, True), ("churn_detractor", 2, bool(detractor)))
+    churns = [list(c) for c in state.get("churns", [])]
+    for churn in churns:
+        churned_at = float(churn[0])
+        if at >= churned_at:
+            continue
+        for kpi, slot, applies in kinds:
+            old = churn[slot]
+            if not applies or (old is not None and old[0] >= at):
+                continue
+            if old is not None:
+                out.append(Contribution(kpi, old[1], old[2], churned_at, (("churned", -1.0),)))
+            elif kpi == "churn_detractor":  # newly attributed: overall counts it too
+                out.append(Contribution(kpi, OVERALL, OVERALL, churned_at, (("churned", 1.0),)))
+            out.append(Contribution(kpi, channel, touchpoint, churned_at, (("churned", 1.0),)))
+            churn[slot] = new
+    state["churns"] = churns
+    for key, applies in (("last_touch", True), ("last_detractor", bool(detractor))):
+        old = state[key]
+        if applies and (old is None or old[0] < at):
+            state[key] = new
 
 
 def _stock(name: str, at: float, delta: float) -> Contribution:
     kpi = STOCK_GROUP[name].split("|", 1)[0]
     return Contribution(kpi, OVERALL, OVERALL, at, ((name, delta),))
+
+
+class AnonymousBook:
+    """Anonymous ids and their links to customers (identity stitching, see the
+    module). What :meth:`link` and :meth:`add` return goes to the customers'
+    books as ``(customer_id, touches)``. An id quiet for the churn horizon (in
+    event time) is forgotten: its history could no longer precede a churn that
+    the horizon has not already decided."""
+
+    def __init__(self, store: MutableMapping[str, Any], horizon_s: float) -> None:
+        self.store = store
+        self.horizon_s = horizon_s
+        self._due: list[tuple[float, str]] = []
+
+    def rebuild(self) -> None:
+        self._due = []
+        for anonymous_id, state in self.store.items():
+            heapq.heappush(self._due, (float(state["last_at"]) + self.horizon_s, anonymous_id))
+
+    def _state(self, anonymous_id: str) -> dict[str, Any]:
+        found = self.store.get(anonymous_id)
+        if found:
+            return dict(found)
+        return {"customer": None, "linked_at": None, "touch": None, "detractor": None}
+
+    def _save(self, anonymous_id: str, state: dict[str, Any], at: float) -> None:
+        last = max(at, float(state.get("last_at", at)))
+        if state.get("last_at") != last:
+            heapq.heappush(self._due, (last + self.horizon_s, anonymous_id))
+        state["last_at"] = last
+        self.store[anonymous_id] = state
+
+    def link(self, anonymous_id: str, customer_id: str, at: float) -> list[tuple[str, list[Touch]]]:
+        state = self._state(anonymous_id)
+        current, linked_at = state["customer"], state["linked_at"]
+        out: list[tuple[str, list[Touch]]] = []
+        if current == customer_id:
+            state["linked_at"] = max(float(linked_at), at)
+        elif current is None or at > float(linked_at):
+            state["customer"], state["linked_at"] = customer_id, at
+            held = [t for t in (state["touch"], state["detractor"]) if t is not None]
+            unique = [t for i, t in enumerate(held) if t not in held[:i]]
+            if unique:
+                out.append((customer_id, unique))
+        self._save(anonymous_id, state, at)
+        return out
+
+    def add(self, anonymous_id: str, touches: list[Touch]) -> list[tuple[str, list[Touch]]]:
+        state = self._state(anonymous_id)
+        for touch in touches:
+            held = state["touch"]
+            if held is None or list(touch) > held:
+                state["touch"] = list(touch)
+            held = state["detractor"]
+            if touch[4] and (held is None or list(touch) > held):
+                state["detractor"] = list(touch)
+        self._save(anonymous_id, state, max(float(t[0]) for t in touches))
+        customer = state["customer"]
+        return [(customer, [list(t) for t in touches])] if customer is not None else []
+
+    def expire(self, watermark: float) -> int:
+        """Forget ids quiet for the horizon before the watermark; how many."""
+        forgotten = 0
+        while self._due and self._due[0][0] <= watermark:
+            _, anonymous_id = heapq.heappop(self._due)
+            state = self.store.get(anonymous_id)
+            if state is not None and float(state["last_at"]) + self.horizon_s <= watermark:
+                del self.store[anonymous_id]
+                forgotten += 1
+        return forgotten

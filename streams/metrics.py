@@ -270,6 +270,7 @@ class WorkerMetrics:
     replayed: Counter
     replayed_contributions: Counter
     replayed_outcomes: Counter
+    stitched_touches: Counter
     consumer_lag: PartitionLag
     processing_latency: BatchHistogram
     freshness: BatchHistogram
@@ -363,6 +364,12 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         replayed_outcomes=Counter(
             "worker_replayed_outcomes",
             "Outcome steps re-read after a restart whose effects the state already held",
+            namespace=namespace,
+            registry=registry,
+        ),
+        stitched_touches=Counter(
+            "worker_stitched_touches",
+            "Interactions of anonymous ids handed to the customer they are linked to",
             namespace=namespace,
             registry=registry,
         ),

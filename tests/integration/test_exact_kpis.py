@@ -1,10 +1,12 @@
 """KPIs exactly as the ground truth says, on the real broker and embedded
-ClickHouse: duplicates, out-of-order, late and malformed input, and a stream
+ClickHouse: duplicates, out-of-order, late and malformed input, churn by the
+horizon with anonymous interactions stitched to their customers, and a stream
 worker killed with SIGKILL mid-stream and restarted."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -14,14 +16,18 @@ from kafka import KafkaProducer
 from tests.conftest import SettingsFactory
 from tests.reconcile import expect, landed, send, until_reconciled
 from touchstream.localbroker import LocalBroker
-from touchstream.producers.simulator import SimulationConfig, Simulator
+from touchstream.producers.simulator import Message, SimulationConfig, Simulator
 from touchstream.stack import Stack
 
 
 def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
     broker: LocalBroker, make_settings: SettingsFactory, ch: Any
 ) -> None:
-    settings = make_settings(broker.bootstrap_servers, streams={"kpi_emit_interval_s": 0.5})
+    # A one-hour churn horizon: customers churn within the three simulated hours,
+    # some of them last seen logged out on another device (stitched).
+    settings = make_settings(
+        broker.bootstrap_servers, streams={"kpi_emit_interval_s": 0.5, "churn_horizon_s": 3600}
+    )
     db = settings.clickhouse.database
     streams = settings.streams
     config = SimulationConfig(
@@ -48,7 +54,12 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
         "checkout_abandonment",
         "retention",
         "churn",
+        "churn_detractor",
     }
+    # Stitching decides some churn windows: without the links they would differ.
+    unlinked = expect([without_links(m) for m in messages], streams)
+    stitched = {k: v for k, v in want.kpis.items() if k[0] == "churn"}
+    assert stitched != {k: v for k, v in unlinked.kpis.items() if k[0] == "churn"}
 
     async def scenario() -> None:
         stack = Stack(settings)
@@ -71,3 +82,14 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
             await stack.stop()
 
     asyncio.run(scenario())
+
+
+def without_links(message: Message) -> Message:
+    """The message with no anonymous id where a customer id is set: nothing links
+    an anonymous id to its customer."""
+    if message.kind.startswith("malformed"):
+        return message
+    event = json.loads(message.value)
+    if event.get("customer_id"):
+        event.pop("anonymous_id", None)
+    return Message(message.family, message.key, json.dumps(event).encode(), message.kind)

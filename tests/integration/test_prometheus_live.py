@@ -196,6 +196,7 @@ def test_prometheus_scrapes_the_stack_and_a_real_sink_failure_fires_alerts(
     config = SimulationConfig(customers=40, seed=5, start=start, duration_s=20 * 60)
     events = list(Simulator(config).events())
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
+    assert any(e["event_type"] == "csat_response" for e in first)  # its KPI gauge is checked
     alert_names = [r["alert"] for g in compressed_rules()["groups"] for r in g["rules"]]
 
     def landed() -> set[str]:
@@ -247,7 +248,7 @@ def test_prometheus_scrapes_the_stack_and_a_real_sink_failure_fires_alerts(
                 "touchstream_worker_processing_latency_seconds_count > 0",
                 "touchstream_worker_up == 1",
                 "touchstream_sink_backpressured == 0",
-                'touchstream_kpi_denominator{kpi="nps"} > 0',
+                'touchstream_kpi_denominator{kpi="csat"} > 0',  # the first half has CSAT
             )
             missing: list[str] = []
 

@@ -180,3 +180,45 @@ def test_churn_and_upsell_by_hand() -> None:
     # c-b's upgrade at 10:10 over the subscriptions running at 10:05 (c-b's own).
     row = rows[("upsell", "account", start + 300, 3600)]
     assert (row["numerator"], row["denominator"]) == (1.0, 1.0)
+
+
+def test_anonymous_interactions_count_for_the_customer_they_are_linked_to() -> None:
+    def anonymous(event_type: str, minutes: float, touchpoint: str, **props: Any) -> Message:
+        m = msg(event_type, minutes, who="a-1", touchpoint=touchpoint, **props)
+        event = json.loads(m.value)
+        event["anonymous_id"] = event.pop("customer_id")
+        return Message(m.family, m.key, json.dumps(event).encode(), m.kind)
+
+    sub = {"subscription_id": "s-1", "plan": "basic"}
+    identify = msg("identify", 5, who="c-s", touchpoint="checkout")
+    linked = json.loads(identify.value) | {"anonymous_id": "a-1"}
+    stream = [
+        anonymous("csat_response", 0, "support_chat", score=1),  # a detractor, before identify
+        Message(identify.family, identify.key, json.dumps(linked).encode(), identify.kind),
+        msg("subscription_started", 6, who="c-s", touchpoint="account", **sub),
+        anonymous("page_view", 8, "catalog", url="/c"),  # after the link, anonymous only
+        anonymous(
+            "order_placed",
+            9,
+            "order_confirmation",
+            order_id="o",
+            total="1",
+            currency="EUR",
+            items=[{"sku": "s", "category": "a", "quantity": 1, "price": "1"}],
+        ),
+        msg("subscription_cancelled", 20, who="c-s", touchpoint="account", **sub),
+        anonymous("page_view", 21, "home", url="/"),
+        msg("page_view", 90, who="c-z", touchpoint="home", url="/"),
+    ]
+    truth = ground_truth(stream, allowed_lateness_s=600)
+    start = int(T0.timestamp())
+    rows = {
+        (r["kpi"], r["touchpoint"], r["window_start"], r["window_size"]): r for r in truth.rows()
+    }
+    day = (start // 86_400) * 86_400
+    # The churn at 10:20 goes to the last interaction before it (the anonymous
+    # order at 10:09, a plain interaction) and to the anonymous detractor CSAT.
+    assert rows[("churn", "order_confirmation", day, 86_400)]["numerator"] == 1.0
+    assert rows[("churn_detractor", "support_chat", day, 86_400)]["numerator"] == 1.0
+    # The anonymous order activated nobody: one activation (the subscription).
+    assert [delta for _, delta in truth.stocks["active_delta"]] == [1.0, -1.0]

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from touchstream.schemas import parse_object
 from touchstream.streams.aggregate import KpiAggregator
-from touchstream.streams.customers import CustomerBook, Touch
+from touchstream.streams.customers import (
+    AnonymousBook,
+    CustomerBook,
+    Touch,
+    anonymous_touch_of,
+    link_of,
+    touch_of,
+)
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.windows import Window
 
@@ -95,3 +104,93 @@ def test_the_denominator_is_the_stock_at_the_window_start() -> None:
     again = aggregator.add(Contribution("churn", "all", "all", 3000.0, (("active_delta", 1.0),)))
     assert ("churn|web|home", window) in again
     assert aggregator.update("churn|web|home", window, 2, NOW).denominator == 3.0
+
+
+# Identity stitching: anonymous ids' interactions count for their customer.
+
+
+def test_a_link_hands_the_anonymous_history_to_the_customer_and_later_touches_follow() -> None:
+    anonymous = AnonymousBook({}, H)
+    before = [touch(10, tp="home"), touch(20, tp="support_chat", bad=True), touch(30, tp="search")]
+    assert anonymous.add("a1", before) == []  # nobody to give them to yet
+    # The link hands over the latest interaction and the latest detractor feedback.
+    assert anonymous.link("a1", "c1", 40) == [("c1", [touch(30, tp="search"), before[1]])]
+    assert anonymous.link("a1", "c1", 50) == []  # the same customer again: nothing new
+    after = [touch(60, tp="catalog")]
+    assert anonymous.add("a1", after) == [("c1", after)]  # once linked, one by one
+    # A later link to another customer wins (as ClickHouse's identities view says).
+    assert anonymous.link("a1", "c2", 70) == [("c2", [touch(60, tp="catalog"), before[1]])]
+    assert anonymous.link("a1", "c1", 65) == []  # an older link changes nothing
+
+
+def test_anonymous_ids_quiet_for_the_horizon_are_forgotten_even_after_a_restart() -> None:
+    store: dict[str, object] = {}
+    anonymous = AnonymousBook(store, H)
+    anonymous.add("old", [touch(0)])
+    anonymous.add("new", [touch(100)])
+    assert anonymous.expire(H - 1) == 0
+    rebuilt = AnonymousBook(store, H)
+    rebuilt.rebuild()
+    assert rebuilt.expire(H) == 1 and set(store) == {"new"}
+
+
+def test_a_stitched_touch_behind_the_watermark_becomes_the_attribution_of_the_churn() -> None:
+    book = CustomerBook({}, H)
+    book.add("c5", [touch(100, "order", "checkout"), touch(110, tp="delivery")])
+    book.add("c5", [touch(500, "subscription_cancelled", "account", sub="s")])
+    first = summary(book.decide(600))
+    assert ("churn", "delivery", 500, (("churned", 1.0),)) in first
+    assert not any(k == "churn_detractor" for k, *_ in first)  # no detractor feedback yet
+    # An anonymous support chat at 300 (a detractor) arrives after the link, once
+    # the churn at 500 is decided: the churn moves to it, in both attributions.
+    late = book.add("c5", [touch(300, tp="support_chat", bad=True)])
+    assert summary(late) == [
+        ("churn", "delivery", 500, (("churned", -1.0),)),
+        ("churn", "support_chat", 500, (("churned", 1.0),)),
+        ("churn_detractor", "all", 500, (("churned", 1.0),)),
+        ("churn_detractor", "support_chat", 500, (("churned", 1.0),)),
+    ]
+    # Replayed, or older than what the churn used, or after it: nothing changes.
+    assert book.add("c5", [touch(300, tp="support_chat", bad=True)]) == []
+    assert book.add("c5", [touch(105, tp="home")]) == []
+    assert book.add("c5", [touch(550, tp="home")]) == []
+    # A second churn later is attributed to the newest interaction before it.
+    book.add("c5", [touch(700, "order", "checkout")])
+    second = summary(book.decide(700 + H))
+    assert ("churn", "checkout", 700 + H, (("churned", 1.0),)) in second
+    assert ("churn_detractor", "support_chat", 700 + H, (("churned", 1.0),)) in second
+
+
+def test_orders_and_subscriptions_without_a_customer_id_are_plain_interactions() -> None:
+    book = CustomerBook({}, H)
+    anonymous = AnonymousBook({}, H)
+    # anonymous_touch_of makes every anonymous event a "touch": it never activates.
+    for customer_id, touches in anonymous.link("a9", "c9", 5) + anonymous.add(
+        "a9", [touch(10, tp="order_confirmation")]
+    ):
+        book.add(customer_id, touches)
+    assert book.decide(2 * H) == []  # never active: no stock, no churn
+
+
+def test_which_events_link_ids_and_which_are_anonymous_interactions() -> None:
+    def event(**who: str) -> Any:
+        return parse_object(
+            {
+                "event_id": "00000000-0000-4000-8000-000000000001",
+                "event_type": "csat_response",
+                "schema_version": 1,
+                "occurred_at": "2026-11-02T10:00:00+00:00",
+                "channel": "whatsapp",
+                "touchpoint": "support_chat",
+                "properties": {"score": 2},
+                **who,
+            }
+        )
+
+    at = datetime(2026, 11, 2, 10, tzinfo=UTC).timestamp()
+    both = event(anonymous_id="a-1", customer_id="c-1")
+    assert link_of(both) == ("a-1", "c-1", at) and anonymous_touch_of(both) is None
+    alone = event(anonymous_id="a-1")
+    assert link_of(alone) is None and touch_of(alone) is None
+    assert anonymous_touch_of(alone) == ("a-1", [at, "touch", "whatsapp", "support_chat", True, ""])
+    assert link_of(event(customer_id="c-1")) is None

@@ -31,10 +31,18 @@ def test_stock_kpis_are_keyed_by_their_stock() -> None:
 def test_outcome_bundles_are_chunked_in_order_and_nothing_is_lost() -> None:
     ops = [{"n": i} for i in range(2 * BUNDLE_ITEMS + 3)]
     customers = {f"c{i}": [[i, "touch"]] * 3 for i in range(BUNDLE_ITEMS + 1)}
-    chunks = list(bundle_chunks(ops, customers))
-    assert [len(c["ops"]) for c in chunks] == [BUNDLE_ITEMS, BUNDLE_ITEMS, 3, 0, 0]
-    assert [len(c["customers"]) for c in chunks] == [0, 0, 0, BUNDLE_ITEMS, 1]
-    assert [op for c in chunks for op in c["ops"]] == ops
-    merged = {k: v for c in chunks for k, v in c["customers"].items()}
-    assert merged == customers and list(merged) == list(customers)
-    assert list(bundle_chunks([], {})) == []
+    links = {f"a{i}": [i, f"c{i}"] for i in range(3)}
+    anonymous = {f"a{i}": [[i, "touch"]] for i in range(BUNDLE_ITEMS)}
+    body = {"ops": ops, "customers": customers, "links": links, "anonymous": anonymous}
+    chunks = list(bundle_chunks(body))
+    # steps, then customers, then links, then anonymous ids: one part per message
+    assert [next(iter(c)) for c in chunks] == ["ops"] * 3 + ["customers"] * 2 + [
+        "links",
+        "anonymous",
+    ]
+    assert all(len(c) == 1 and len(next(iter(c.values()))) <= BUNDLE_ITEMS for c in chunks)
+    assert [op for c in chunks for op in c.get("ops", [])] == ops
+    for part, want in (("customers", customers), ("links", links), ("anonymous", anonymous)):
+        merged = {k: v for c in chunks for k, v in c.get(part, {}).items()}
+        assert merged == want and list(merged) == list(want)
+    assert list(bundle_chunks({"ops": [], "customers": {}})) == []
