@@ -371,7 +371,8 @@ def _customers(
     active from the first order or subscription; churned on subscription_cancelled
     or when the horizon passes after the last order with no subscription running;
     attributed to the last interaction (and the last detractor feedback) before
-    the churning moment; rates over the stock active at the window start."""
+    the churning moment, anonymous events included once their id is linked to
+    the customer; rates over the stock active at the window start."""
     timelines: dict[str, list[tuple[float, str, str, str, bool, str]]] = defaultdict(list)
     # Identity stitching: an anonymous id belongs to the customer of its latest
     # link in event time (identify, or any event carrying both ids); its events
