@@ -99,10 +99,11 @@ def _close(alert: Alert, closing: Closing) -> Alert:
     )
 
 
-def on_raised(slot: Slot, alert: Alert) -> tuple[Slot, Alert | None]:
-    """(new slot, alert to emit). A repeated raise (a replay) changes nothing."""
+def on_raised(slot: Slot, alert: Alert, emitted: bool = False) -> tuple[Slot, Alert | None]:
+    """(new slot, alert to emit). A repeated raise (a replay) changes nothing;
+    ``emitted``: the open alert is already out (ingest sends it at once)."""
     if slot is None:
-        return alert, alert
+        return alert, None if emitted else alert
     if isinstance(slot, Closing):
         closed = _close(alert, slot)
         return closed, closed

@@ -388,10 +388,15 @@ def create_app(
         for event in result.events:
             alert = raise_alert(event, now)
             if alert is not None:
+                # Out at once, with this batch's flush: the alerts agent, one message
+                # at a time, only keeps its slot (for closing and the SLA), and
+                # emits the alert itself only if its case was closed first. A
+                # replay sends the open alert again, same id and version
+                # (idempotent downstream; a later status has a higher version).
+                await emit_alert(alert)
+                raised = {"raised": alert.model_dump(mode="json"), "emitted": True}
                 await outputs.send(
-                    alert_events_name,
-                    json.dumps({"raised": alert.model_dump(mode="json")}).encode(),
-                    key=alert.alert_id.encode(),
+                    alert_events_name, json.dumps(raised).encode(), key=alert.alert_id.encode()
                 )
             elif isinstance(event, CaseClosed):
                 await outputs.send(
@@ -610,7 +615,8 @@ def create_app(
             body = json.loads(event.value)
             slot = slot_from_json(alert_slots.get(alert_id))
             if "raised" in body:
-                slot, emitted = on_raised(slot, Alert.model_validate(body["raised"]))
+                raised = Alert.model_validate(body["raised"])
+                slot, emitted = on_raised(slot, raised, emitted=body.get("emitted", False))
             elif "closed" in body:
                 closing = slot_from_json(body["closed"])
                 assert isinstance(closing, Closing)  # noqa: S101 - written by ingest

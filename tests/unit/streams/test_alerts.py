@@ -7,7 +7,7 @@ import pytest
 from tests.samples import wire
 from touchstream.schemas import Invalid, parse_object
 from touchstream.schemas.events import AnyEvent, CaseClosed
-from touchstream.streams.alerts import AlertBook, alert_id_for, raise_alert
+from touchstream.streams.alerts import AlertBook, Closing, alert_id_for, on_raised, raise_alert
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
@@ -99,3 +99,14 @@ def test_open_past_the_sla_is_surfaced_once() -> None:
     assert book.overdue(alert.occurred_at + timedelta(hours=30)) == []
     closed = book.close(closing(alert.alert_id, alert.occurred_at + timedelta(hours=30)))
     assert closed is not None and closed.status == "closed" and closed.version == 3
+
+
+def test_an_alert_already_emitted_by_ingest_is_kept_not_sent_again() -> None:
+    alert = raise_alert(event("nps_response", score=1), NOW)
+    assert alert is not None
+    slot, out = on_raised(None, alert, emitted=True)
+    assert slot == alert and out is None  # ingest sent it: the slot only remembers it
+    # A case closed before the raise is read: the closed alert is the agent's to send.
+    early = Closing.of(closing(alert.alert_id, alert.occurred_at + timedelta(minutes=2)))
+    slot, out = on_raised(early, alert, emitted=True)
+    assert out is not None and out.status == "closed" and slot == out
