@@ -14,8 +14,10 @@ and one source's contributions reach a group in offset order, so this is exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from touchstream.schemas import KpiUpdate
 from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
@@ -43,6 +45,28 @@ class KpiAggregator:
         self._stock: dict[str, dict[int, float]] = {name: {} for name in STOCK_GROUP}
         self._readers: dict[str, set[tuple[str, int, int]]] = {name: set() for name in STOCK_GROUP}
         self._indexed = False
+        # While emitting (:meth:`reading`): buckets and stock levels read once per
+        # pass, not once per window (a bucket is in up to size/step windows).
+        self._buckets: dict[str, Any] | None = None
+        self._levels: dict[tuple[str, int], float] | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Memoise reads for one pass of :meth:`update` calls. A contribution added
+        meanwhile marks its windows dirty again, so the next pass has it."""
+        self._buckets, self._levels = {}, {}
+        try:
+            yield
+        finally:
+            self._buckets = self._levels = None
+
+    def _bucket(self, key: str) -> Any:
+        cache = self._buckets
+        if cache is None:
+            return self.store.get(key)
+        if key not in cache:
+            cache[key] = self.store.get(key)
+        return cache[key]
 
     def _index(self) -> None:
         """Build the stock indexes from the store (at start and after recovery)."""
@@ -70,7 +94,13 @@ class KpiAggregator:
         """A stock's level at ``at`` (a bucket boundary): the deltas before it."""
         if not self._indexed:
             self._index()
-        return sum(delta for start, delta in self._stock[name].items() if start < at)
+        levels = self._levels
+        if levels is not None and (name, at) in levels:
+            return levels[(name, at)]
+        level = sum(delta for start, delta in self._stock[name].items() if start < at)
+        if levels is not None:
+            levels[(name, at)] = level
+        return level
 
     def _stock_dirty(self, name: str, at: float) -> list[Dirty]:
         """Windows whose denominator a delta of ``name`` at ``at`` changes."""
@@ -121,10 +151,10 @@ class KpiAggregator:
 
     def counts(self, group: str, window: Window) -> dict[str, float]:
         if window.size_s == DAY_S and self.with_daily:
-            buckets = [self.store.get(self._key(group, DAY_S, window.start))]
+            buckets = [self._bucket(self._key(group, DAY_S, window.start))]
         else:
             buckets = [
-                self.store.get(self._key(group, self.step_s, start))
+                self._bucket(self._key(group, self.step_s, start))
                 for start in buckets_of_window(window, self.step_s)
             ]
         total: dict[str, float] = {}

@@ -676,16 +676,19 @@ def create_app(
         # worker: emitted, those stale windows (with a newer version) replaced their
         # owner's rows. Only windows of the contribution partitions owned now go out.
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == contributions_name}
-        for group, window in pending:
-            if contribution_partition(group) not in owned:
-                # Its owner emits it; kept dirty in case this worker is that owner
-                # again once a rebalance under way settles (no recovery marks it
-                # dirty then if the partition never left).
-                dirty.add((group, window))
-                continue
-            update = aggregator.update(group, window, version, now)
-            if not update.counts:
-                continue
+        updates = []
+        with aggregator.reading():  # no await inside: one consistent read of the buckets
+            for group, window in pending:
+                if contribution_partition(group) not in owned:
+                    # Its owner emits it; kept dirty in case this worker is that owner
+                    # again once a rebalance under way settles (no recovery marks it
+                    # dirty then if the partition never left).
+                    dirty.add((group, window))
+                    continue
+                update = aggregator.update(group, window, version, now)
+                if update.counts:
+                    updates.append((update, window))
+        for update, window in updates:
             await outputs.send(
                 kpis_name,
                 update.model_dump_json().encode(),

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 from touchstream.streams.aggregate import KpiAggregator
 from touchstream.streams.kpis import Contribution, contributions
-from touchstream.streams.windows import DAY_S, Window
+from touchstream.streams.windows import DAY_S, Window, buckets_of_window
 
 T0 = int(datetime(2026, 11, 2, 9, 0, tzinfo=UTC).timestamp())
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
@@ -76,3 +76,35 @@ def test_a_replayed_contribution_is_counted_once_per_bucket() -> None:
     assert aggregator.update("nps|web|checkout", window, 1, NOW).counts == {"responses": 2.0}
     untraced = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),))
     assert aggregator.add(untraced) and aggregator.add(untraced)  # no source: always counted
+
+
+class CountingStore(dict[str, dict[str, float]]):
+    reads = 0
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_one_emission_pass_reads_each_bucket_once_and_gets_the_same_values() -> None:
+    store = CountingStore()
+    agg = KpiAggregator(store, 3600, 300)
+    for minute in range(0, 120, 7):
+        feed(agg, T0 + minute * 60, minute % 11)
+    windows = sorted(agg.all_windows())
+    plain = [agg.update(g, w, 1, NOW) for g, w in windows]
+    store.reads = 0
+    with agg.reading():
+        cached = [agg.update(g, w, 1, NOW) for g, w in windows]
+    assert cached == plain
+    # Each bucket key any window covers is read once (not once per window over it).
+    keys = {
+        (g, w.size_s == DAY_S, b)
+        for g, w in windows
+        for b in ([w.start] if w.size_s == DAY_S else buckets_of_window(w, 300))
+    }
+    assert store.reads == len(keys) < sum(12 if w.size_s != DAY_S else 1 for _, w in windows)
+    with agg.reading():
+        pass
+    feed(agg, T0 + 60, 10)  # after the pass: reads see the store again
+    assert agg.update("nps|web|delivery", Window(T0, 3600), 2, NOW).denominator == 10
