@@ -117,6 +117,22 @@ class Message:
     kind: str  # event, duplicate, out_of_order, late, or malformed:<expected reason>
 
 
+def keys_on_every_partition(
+    partitions: int, name: Callable[[int], str], keyed: Callable[[str], str] = str
+) -> list[str]:
+    """``name(0)``, ``name(1)``, ... until one lands on each partition, one key per
+    partition in partition order. A key lands where murmur2 of ``keyed(key)`` puts
+    it, as every Kafka client partitions keys (``keyed``: the message key a name
+    becomes, e.g. an internal topic's ``cart|<id>``)."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < partitions:
+        key = name(n)
+        found.setdefault((murmur2(keyed(key).encode()) & 0x7FFFFFFF) % partitions, key)
+        n += 1
+    return [found[p] for p in sorted(found)]
+
+
 def encode(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -167,13 +183,9 @@ class Simulator:
             return [(f"settle-{seed}-{n:02d}", "page_view") for n in range(16)]
         out = []
         for event_type in ("page_view", "order_delivered"):
-            found: dict[int, str] = {}
-            n = 0
-            while len(found) < partitions:
-                key = f"settle-{seed}-{event_type}-{n}"
-                found.setdefault((murmur2(key.encode()) & 0x7FFFFFFF) % partitions, key)
-                n += 1
-            out += [(found[p], event_type) for p in sorted(found)]
+            prefix = f"settle-{seed}-{event_type}"
+            keys = keys_on_every_partition(partitions, lambda n, p=prefix: f"{p}-{n}")
+            out += [(key, event_type) for key in keys]
         return out
 
     def _tail(self, key: str, event_type: str, at: datetime) -> dict[str, Any]:

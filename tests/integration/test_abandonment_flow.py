@@ -8,12 +8,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.partitioner import DefaultPartitioner
-
 from tests.conftest import SettingsFactory
 from tests.samples import wire
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.emitter import Emitter
+from touchstream.producers.simulator import keys_on_every_partition
 from touchstream.stack import Stack
 
 T0 = datetime(2026, 11, 2, 10, tzinfo=UTC)
@@ -39,17 +38,9 @@ def cart(minutes: float, cart_id: str, **kw: Any) -> dict[str, Any]:
     return wire("add_to_cart", occurred_at=at(minutes), properties=props, **kw)
 
 
-def keys_on_every_partition(partitions: int) -> list[str]:
+def carts_on_every_partition(partitions: int) -> list[str]:
     """Cart ids whose outcome messages land on each partition of the internal topic."""
-    partitioner = DefaultPartitioner()
-    found: dict[int, str] = {}
-    n = 0
-    while len(found) < partitions:
-        key = f"flush-{n}"
-        p = partitioner(f"cart|{key}".encode(), list(range(partitions)), list(range(partitions)))
-        found.setdefault(p, key)
-        n += 1
-    return list(found.values())
+    return keys_on_every_partition(partitions, lambda n: f"flush-{n}", lambda k: f"cart|{k}")
 
 
 def test_abandonment_matches_the_definition(
@@ -82,7 +73,7 @@ def test_abandonment_matches_the_definition(
     # Later activity on every partition moves the watermarks past every deadline.
     flush = [
         cart(120, key, touchpoint="cart")
-        for key in keys_on_every_partition(settings.kafka.partitions)
+        for key in carts_on_every_partition(settings.kafka.partitions)
     ]
     want = {
         ("checkout_abandonment", "all", "all"): (2.0, 3.0),

@@ -20,7 +20,7 @@ import pytest
 
 from tests import truth
 from tests.conftest import IN_CI, SettingsFactory
-from tests.integration.test_abandonment_flow import keys_on_every_partition
+from tests.integration.test_abandonment_flow import carts_on_every_partition
 from tests.samples import wire
 from touchstream.localbroker import LocalBroker
 from touchstream.producers.emitter import Emitter
@@ -92,7 +92,7 @@ def test_cx_page_shows_the_truth(
     events = [e for e in Simulator(config).events() if truth.occurred(e) <= now]
     flush = [
         wire("add_to_cart", occurred_at=now.isoformat(), properties={**cart, "cart_id": key})
-        for key in keys_on_every_partition(settings.kafka.partitions)
+        for key in carts_on_every_partition(settings.kafka.partitions)
         for cart in [wire("add_to_cart")["properties"]]
     ]
     since, till = now - timedelta(days=1), now + timedelta(minutes=10)
