@@ -183,8 +183,7 @@ class Simulator:
             return [(f"settle-{seed}-{n:02d}", "page_view") for n in range(16)]
         out = []
         for event_type in ("page_view", "order_delivered"):
-            prefix = f"settle-{seed}-{event_type}"
-            keys = keys_on_every_partition(partitions, lambda n, p=prefix: f"{p}-{n}")
+            keys = keys_on_every_partition(partitions, f"settle-{seed}-{event_type}-{{}}".format)
             out += [(key, event_type) for key in keys]
         return out
 

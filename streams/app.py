@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -362,8 +363,8 @@ def create_app(
         """One batch of raw messages: outputs flushed, then the checkpoint."""
         started = time.perf_counter()
         messages = batch.messages
-        for message in messages:
-            metrics.messages_in.labels(message.topic).inc()
+        for topic, count in Counter(message.topic for message in messages).items():
+            metrics.messages_in.labels(topic).inc(count)
         now = utcnow()
         result = ingest(messages, now, streams.max_event_bytes, pii, intake.states)
         for event, on_time, source in zip(
@@ -377,7 +378,8 @@ def create_app(
             raw_partition = int(source.rsplit(":", 1)[1])
             partition = raw_partition if raw_partition < kafka.partitions else None
             await outputs.send(events_name, value, key=event.identity.encode(), partition=partition)
-            metrics.events_valid.labels(event.event_type).inc()
+        for event_type, count in Counter(event.event_type for event in result.events).items():
+            metrics.events_valid.labels(event_type).inc(count)
         metrics.duplicates.inc(sum(result.duplicates.values()))
         metrics.replayed.inc(result.replayed)
         for topic, count in result.late.items():
