@@ -33,7 +33,7 @@ from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
-from touchstream.streams.aggregate import Dirty, KpiAggregator
+from touchstream.streams.aggregate import META_PREFIX, Dirty, KpiAggregator
 from touchstream.streams.alerts import (
     Closing,
     on_closed,
@@ -44,6 +44,8 @@ from touchstream.streams.alerts import (
     slot_to_json,
 )
 from touchstream.streams.customers import STOCK_KEY, CustomerBook, touch_of
+from touchstream.streams.delivery import InOrder, changelogs_written
+from touchstream.streams.delivery import Table as DeliveryTable
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake
 from touchstream.streams.kpis import Contribution
@@ -113,6 +115,12 @@ class TouchstreamApp(faust.App):
         for task in self.early_tasks:
             self.add_future(task())
 
+    async def _producer_flush(self, logger: Any) -> None:
+        # Before partitions are given away (and at stop): every changelog record
+        # acknowledged, so the next owner recovers it (streams/delivery.py).
+        await super()._producer_flush(logger)
+        await changelogs_written(self)
+
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         if self.crash_handler is not None:
             await self.crash_handler(agent, exc)
@@ -150,6 +158,8 @@ def create_app(
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=_credentials(kafka),
         store="memory://",
+        # Tables whose changelog records can be awaited (streams/delivery.py).
+        Table=DeliveryTable,
         autodiscover=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
@@ -421,31 +431,48 @@ def create_app(
 
     app.early_tasks = (run_intake,)
 
+    kpi_order = InOrder(settings, "touchstream.kpis")
+
     @app.agent(contributions_topic, name="touchstream.kpis")
     async def kpi_agent(stream: faust.StreamT) -> None:
         # One message at a time: a table write is logged to the partition of the
         # message being processed, which take() batches would blur.
-        # A bundle is folded into the buckets in memory (bucket_store's overlay)
-        # and each changed bucket written to the table once.
+        # Strictly in offset order per partition (streams/delivery.py): a bucket
+        # skips a contribution at or below the highest source offset it counted,
+        # so one handled after a later one from the same source would be lost.
         async for event in stream.events():
-            body = json.loads(event.value)
-            items = body["contributions"] if "contributions" in body else [body]
-            for item in items:
-                kpi, channel, touchpoint = item.get("group", event.key.decode()).split("|")
-                contribution = Contribution(
-                    kpi,
-                    channel,
-                    touchpoint,
-                    float(item["at"]),
-                    tuple(item["counts"].items()),
-                    item.get("src", ""),
-                    int(item.get("off", -1)),
-                )
-                changed = aggregator.add(contribution)
-                if not changed:
-                    metrics.replayed_contributions.inc()  # a replay after a restart
-                dirty.update(changed)
-            bucket_store.apply()
+            partition = event.message.partition
+            next_key = f"{META_PREFIX}next|{partition}"
+            stored = buckets.get(next_key)
+            records = await kpi_order.records(event, None if stored is None else int(stored))
+            if not records:
+                metrics.replayed_contributions.inc()
+            for record in records:
+                fold_contributions(record.key, record.value or b"{}")
+                buckets[next_key] = record.offset + 1  # last: after its effects
+
+    def fold_contributions(key: bytes | None, value: bytes) -> None:
+        """A bundle folded into the buckets in memory (bucket_store's overlay), and
+        each changed bucket written to the table once."""
+        body = json.loads(value)
+        items = body["contributions"] if "contributions" in body else [body]
+        for item in items:
+            group = item["group"] if "group" in item else (key or b"").decode()
+            kpi, channel, touchpoint = group.split("|")
+            contribution = Contribution(
+                kpi,
+                channel,
+                touchpoint,
+                float(item["at"]),
+                tuple(item["counts"].items()),
+                item.get("src", ""),
+                int(item.get("off", -1)),
+            )
+            changed = aggregator.add(contribution)
+            if not changed:
+                metrics.replayed_contributions.inc()  # a replay after a restart
+            dirty.update(changed)
+        bucket_store.apply()
 
     outcome_sources = [
         f"{topic}:{partition}"
@@ -453,36 +480,42 @@ def create_app(
         for partition in range(kafka.partitions)
     ]
 
+    outcome_order = InOrder(settings, "touchstream.outcomes")
+
     @app.agent(outcome_events, name="touchstream.outcomes")
     async def outcome_agent(stream: faust.StreamT) -> None:
         # One at a time: decisions write the tables for the partition at hand.
+        # In offset order per partition (streams/delivery.py): a replay is skipped
+        # (the table holds its effects), a gap is read and handled first.
         async for event in stream.events():
-            partition, offset = event.message.partition, event.message.offset
+            partition = event.message.partition
             done = outcome_table.get(f"offset|{partition}")
-            if done is not None and offset <= int(done):
+            records = await outcome_order.records(event, None if done is None else int(done) + 1)
+            if not records:
                 metrics.replayed_outcomes.inc()
-                continue  # a replay: the table holds its effects (outcome_table)
-            body = json.loads(event.value)
-            if "marks" in body:
-                for source, mark in body["marks"].items():
-                    marks(partition)[source] = mark
-            elif "ops" in body:  # a bundle from one ingest batch
-                for op in body["ops"]:
-                    apply(tracker(op["kind"], partition), Op(**op))
-                for customer_id, touches in body["customers"].items():
-                    book(partition).add(customer_id, touches)
-            elif "customer" in body:  # one customer (before bundles)
-                book(partition).add(body["customer"], body["touches"])
-            else:  # one step (before bundles)
-                apply(tracker(body["kind"], partition), Op(**body))
-            watermark = combined_watermark(
-                [marks(partition).get(source) for source in outcome_sources]
-            )
-            if watermark is not None:
-                await decide(partition, offset, watermark)
-            for store in partition_stores.get(partition, {}).values():
-                store.apply()  # after the decisions are out (PartitionStore)
-            outcome_table[f"offset|{partition}"] = offset  # last: after its effects
+            for record in records:
+                await handle_outcome(partition, record.offset, record.value or b"{}")
+
+    async def handle_outcome(partition: int, offset: int, value: bytes) -> None:
+        body = json.loads(value)
+        if "marks" in body:
+            for source, mark in body["marks"].items():
+                marks(partition)[source] = mark
+        elif "ops" in body:  # a bundle from one ingest batch
+            for op in body["ops"]:
+                apply(tracker(op["kind"], partition), Op(**op))
+            for customer_id, touches in body["customers"].items():
+                book(partition).add(customer_id, touches)
+        elif "customer" in body:  # one customer (before bundles)
+            book(partition).add(body["customer"], body["touches"])
+        else:  # one step (before bundles)
+            apply(tracker(body["kind"], partition), Op(**body))
+        watermark = combined_watermark([marks(partition).get(source) for source in outcome_sources])
+        if watermark is not None:
+            await decide(partition, offset, watermark)
+        for store in partition_stores.get(partition, {}).values():
+            store.apply()  # after the decisions are out (PartitionStore)
+        outcome_table[f"offset|{partition}"] = offset  # last: after its effects
 
     async def decide(partition: int, offset: int, watermark: float) -> None:
         """Decisions the watermark settles in an outcome partition, sent and flushed."""

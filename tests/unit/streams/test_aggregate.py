@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from touchstream.streams.aggregate import KpiAggregator
 from touchstream.streams.kpis import Contribution, contributions
@@ -76,3 +77,15 @@ def test_a_replayed_contribution_is_counted_once_per_bucket() -> None:
     assert aggregator.update("nps|web|checkout", window, 1, NOW).counts == {"responses": 2.0}
     untraced = Contribution("nps", "web", "checkout", 1000.0, (("responses", 1.0),))
     assert aggregator.add(untraced) and aggregator.add(untraced)  # no source: always counted
+
+
+def test_keys_of_the_agents_own_bookkeeping_are_not_buckets() -> None:
+    # The KPI agent keeps the next contributions offset per partition in the same
+    # table ("#next|<partition>"): reindexing and re-emitting skip it.
+    store: dict[str, Any] = {"#next|3": 12}
+    agg = KpiAggregator(store, 3600, 300)
+    feed(agg, T0 + 10, 10)
+    agg.reindex()
+    windows = set(agg.all_windows())
+    assert windows and all(not group.startswith("#") for group, _ in windows)
+    assert agg.update("nps|web|delivery", Window(T0, 3600), 1, NOW).denominator == 1
