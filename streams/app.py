@@ -118,8 +118,14 @@ class TouchstreamApp(faust.App):
     async def _producer_flush(self, logger: Any) -> None:
         # Before partitions are given away (and at stop): every changelog record
         # acknowledged, so the next owner recovers it (streams/delivery.py).
+        # Bounded: a broker that never answers must not hold a rebalance or a
+        # stop forever (the next owner's in-order agents read what is missing).
         await super()._producer_flush(logger)
-        await changelogs_written(self)
+        timeout = float(self.conf.producer_request_timeout)
+        try:
+            await asyncio.wait_for(changelogs_written(self), timeout)
+        except TimeoutError:
+            logger.error("changelog records not acknowledged within %.0f s", timeout)
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         if self.crash_handler is not None:
