@@ -26,6 +26,9 @@ from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_win
 
 Dirty = tuple[str, Window]
 SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from it
+# Keys of the store that are not buckets (the agent's own bookkeeping, e.g. the
+# next contributions offset per partition) start with this; the aggregator skips them.
+META_PREFIX = "#"
 
 
 class KpiAggregator:
@@ -74,7 +77,8 @@ class KpiAggregator:
             self._stock[name].clear()
             self._readers[name].clear()
         for key in list(self.store.keys()):
-            self._note(key, self.store.get(key) or {})
+            if not key.startswith(META_PREFIX):
+                self._note(key, self.store.get(key) or {})
         self._indexed = True
 
     def _note(self, key: str, value: Mapping[str, float]) -> None:
@@ -192,6 +196,8 @@ class KpiAggregator:
         """Every window with state (used after recovery to re-emit everything)."""
         seen: set[Dirty] = set()
         for key in list(self.store.keys()):
+            if key.startswith(META_PREFIX):
+                continue
             kpi, channel, touchpoint, granularity, start = key.split("|")
             group = f"{kpi}|{channel}|{touchpoint}"
             if int(granularity) == DAY_S and self.with_daily:

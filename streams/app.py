@@ -34,7 +34,7 @@ from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
-from touchstream.streams.aggregate import Dirty, KpiAggregator
+from touchstream.streams.aggregate import META_PREFIX, Dirty, KpiAggregator
 from touchstream.streams.alerts import (
     Closing,
     on_closed,
@@ -52,6 +52,8 @@ from touchstream.streams.customers import (
     link_of,
     touch_of,
 )
+from touchstream.streams.delivery import InOrder, changelogs_written
+from touchstream.streams.delivery import Table as DeliveryTable
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake
 from touchstream.streams.kpis import Contribution
@@ -125,6 +127,18 @@ class TouchstreamApp(faust.App):
         for task in self.early_tasks:
             self.add_future(task())
 
+    async def _producer_flush(self, logger: Any) -> None:
+        # Before partitions are given away (and at stop): every changelog record
+        # acknowledged, so the next owner recovers it (streams/delivery.py).
+        # Bounded: a broker that never answers must not hold a rebalance or a
+        # stop forever (the next owner's in-order agents read what is missing).
+        await super()._producer_flush(logger)
+        timeout = float(self.conf.producer_request_timeout)
+        try:
+            await asyncio.wait_for(changelogs_written(self), timeout)
+        except TimeoutError:
+            logger.error("changelog records not acknowledged within %.0f s", timeout)
+
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         if self.crash_handler is not None:
             await self.crash_handler(agent, exc)
@@ -162,6 +176,8 @@ def create_app(
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=_credentials(kafka),
         store="memory://",
+        # Tables whose changelog records can be awaited (streams/delivery.py).
+        Table=DeliveryTable,
         autodiscover=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
@@ -463,31 +479,48 @@ def create_app(
 
     app.early_tasks = (run_intake,)
 
+    kpi_order = InOrder(settings, "touchstream.kpis")
+
     @app.agent(contributions_topic, name="touchstream.kpis")
     async def kpi_agent(stream: faust.StreamT) -> None:
         # One message at a time: a table write is logged to the partition of the
         # message being processed, which take() batches would blur.
-        # A bundle is folded into the buckets in memory (bucket_store's overlay)
-        # and each changed bucket written to the table once.
+        # Strictly in offset order per partition (streams/delivery.py): a bucket
+        # skips a contribution at or below the highest source offset it counted,
+        # so one handled after a later one from the same source would be lost.
         async for event in stream.events():
-            body = json.loads(event.value)
-            items = body["contributions"] if "contributions" in body else [body]
-            for item in items:
-                kpi, channel, touchpoint = item.get("group", event.key.decode()).split("|")
-                contribution = Contribution(
-                    kpi,
-                    channel,
-                    touchpoint,
-                    float(item["at"]),
-                    tuple(item["counts"].items()),
-                    item.get("src", ""),
-                    int(item.get("off", -1)),
-                )
-                changed = aggregator.add(contribution)
-                if not changed:
-                    metrics.replayed_contributions.inc()  # a replay after a restart
-                dirty.update(changed)
-            bucket_store.apply()
+            partition = event.message.partition
+            next_key = f"{META_PREFIX}next|{partition}"
+            stored = buckets.get(next_key)
+            records = await kpi_order.records(event, None if stored is None else int(stored))
+            if not records:
+                metrics.replayed_contributions.inc()
+            for record in records:
+                fold_contributions(record.key, record.value or b"{}")
+                buckets[next_key] = record.offset + 1  # last: after its effects
+
+    def fold_contributions(key: bytes | None, value: bytes) -> None:
+        """A bundle folded into the buckets in memory (bucket_store's overlay), and
+        each changed bucket written to the table once."""
+        body = json.loads(value)
+        items = body["contributions"] if "contributions" in body else [body]
+        for item in items:
+            group = item["group"] if "group" in item else (key or b"").decode()
+            kpi, channel, touchpoint = group.split("|")
+            contribution = Contribution(
+                kpi,
+                channel,
+                touchpoint,
+                float(item["at"]),
+                tuple(item["counts"].items()),
+                item.get("src", ""),
+                int(item.get("off", -1)),
+            )
+            changed = aggregator.add(contribution)
+            if not changed:
+                metrics.replayed_contributions.inc()  # a replay after a restart
+            dirty.update(changed)
+        bucket_store.apply()
 
     outcome_sources = [
         f"{topic}:{partition}"
@@ -495,53 +528,59 @@ def create_app(
         for partition in range(kafka.partitions)
     ]
 
+    outcome_order = InOrder(settings, "touchstream.outcomes")
+
     @app.agent(outcome_events, name="touchstream.outcomes")
     async def outcome_agent(stream: faust.StreamT) -> None:
         # One at a time: decisions write the tables for the partition at hand.
+        # In offset order per partition (streams/delivery.py): a replay is skipped
+        # (the table holds its effects), a gap is read and handled first.
         async for event in stream.events():
-            partition, offset = event.message.partition, event.message.offset
+            partition = event.message.partition
             done = outcome_table.get(f"offset|{partition}")
-            if done is not None and offset <= int(done):
+            records = await outcome_order.records(event, None if done is None else int(done) + 1)
+            if not records:
                 metrics.replayed_outcomes.inc()
-                continue  # a replay: the table holds its effects (outcome_table)
-            body = json.loads(event.value)
-            merged: list[Contribution] = []  # late stitched interactions' changes
-            stitched: dict[str, list[Any]] = {}  # customer → touches of anonymous ids
-            if "marks" in body:
-                for source, mark in body["marks"].items():
-                    marks(partition)[source] = mark
-            elif not BUNDLE_PARTS_SET.isdisjoint(body):  # a bundle (or one part of it)
-                for op in body.get("ops", ()):
-                    apply(tracker(op["kind"], partition), Op(**op))
-                for customer_id, touches in body.get("customers", {}).items():
-                    merged.extend(book(partition).add(customer_id, touches))
-                anonymous = anonymous_book(partition)
-                forwards = [
-                    *(
-                        forward
-                        for anonymous_id, (at, customer_id) in body.get("links", {}).items()
-                        for forward in anonymous.link(anonymous_id, customer_id, float(at))
-                    ),
-                    *(
-                        forward
-                        for anonymous_id, touches in body.get("anonymous", {}).items()
-                        for forward in anonymous.add(anonymous_id, touches)
-                    ),
-                ]
-                for customer_id, touches in forwards:
-                    stitched.setdefault(customer_id, []).extend(touches)
-            elif "customer" in body:  # one customer (before bundles)
-                merged.extend(book(partition).add(body["customer"], body["touches"]))
-            else:  # one step (before bundles)
-                apply(tracker(body["kind"], partition), Op(**body))
-            sent = await send_stitched(stitched)
-            watermark = combined_watermark(
-                [marks(partition).get(source) for source in outcome_sources]
-            )
-            await decide(partition, offset, watermark, merged, sent)
-            for store in partition_stores.get(partition, {}).values():
-                store.apply()  # after the decisions are out (PartitionStore)
-            outcome_table[f"offset|{partition}"] = offset  # last: after its effects
+            for record in records:
+                await handle_outcome(partition, record.offset, record.value or b"{}")
+
+    async def handle_outcome(partition: int, offset: int, value: bytes) -> None:
+        body = json.loads(value)
+        merged: list[Contribution] = []  # late stitched interactions' changes
+        stitched: dict[str, list[Any]] = {}  # customer → touches of anonymous ids
+        if "marks" in body:
+            for source, mark in body["marks"].items():
+                marks(partition)[source] = mark
+        elif not BUNDLE_PARTS_SET.isdisjoint(body):  # a bundle (or one part of it)
+            for op in body.get("ops", ()):
+                apply(tracker(op["kind"], partition), Op(**op))
+            for customer_id, touches in body.get("customers", {}).items():
+                merged.extend(book(partition).add(customer_id, touches))
+            anonymous = anonymous_book(partition)
+            forwards = [
+                *(
+                    forward
+                    for anonymous_id, (at, customer_id) in body.get("links", {}).items()
+                    for forward in anonymous.link(anonymous_id, customer_id, float(at))
+                ),
+                *(
+                    forward
+                    for anonymous_id, touches in body.get("anonymous", {}).items()
+                    for forward in anonymous.add(anonymous_id, touches)
+                ),
+            ]
+            for customer_id, touches in forwards:
+                stitched.setdefault(customer_id, []).extend(touches)
+        elif "customer" in body:  # one customer (before bundles)
+            merged.extend(book(partition).add(body["customer"], body["touches"]))
+        else:  # one step (before bundles)
+            apply(tracker(body["kind"], partition), Op(**body))
+        sent = await send_stitched(stitched)
+        watermark = combined_watermark([marks(partition).get(source) for source in outcome_sources])
+        await decide(partition, offset, watermark, merged, sent)
+        for store in partition_stores.get(partition, {}).values():
+            store.apply()  # after the decisions are out (PartitionStore)
+        outcome_table[f"offset|{partition}"] = offset  # last: after its effects
 
     async def send_stitched(stitched: dict[str, list[Any]]) -> bool:
         """Anonymous ids' touches to their customers' outcome partitions (sent before
@@ -609,29 +648,41 @@ def create_app(
         if alert.status == "closed" and alert.time_to_close_s is not None:
             metrics.alert_time_to_close.observe(max(0.0, alert.time_to_close_s))
 
+    alert_order = InOrder(settings, "touchstream.alerts")
+
     @app.agent(alert_events, name="touchstream.alerts")
     async def alert_agent(stream: faust.StreamT) -> None:
-        # One at a time, for the same reason as the KPI agent; alerts are few.
+        # One at a time, for the same reason as the KPI agent; alerts are few. In
+        # offset order per partition (streams/delivery.py): a transition Faust
+        # skipped around a rebalance (a closing, an overdue tick) is read first.
         async for event in stream.events():
-            alert_id = event.key.decode()
-            body = json.loads(event.value)
-            slot = slot_from_json(alert_slots.get(alert_id))
-            if "raised" in body:
-                raised = Alert.model_validate(body["raised"])
-                slot, emitted = on_raised(slot, raised, emitted=body.get("emitted", False))
-            elif "closed" in body:
-                closing = slot_from_json(body["closed"])
-                assert isinstance(closing, Closing)  # noqa: S101 - written by ingest
-                slot, emitted = on_closed(slot, closing)
-            else:
-                tick = datetime.fromisoformat(body["tick"])
-                slot, emitted = on_tick(slot, tick, streams.alert_sla_s)
-            if emitted is not None:
-                await emit_alert(emitted)
-                await outputs.flush()  # an alert is never left in a buffer
-            # Written after the alert is out: a crash in between replays the message,
-            # which emits the same alert again (idempotent downstream by alert id).
-            alert_slots[alert_id] = slot_to_json(slot)
+            partition = event.message.partition
+            next_key = f"{META_PREFIX}next|{partition}"
+            stored = alert_slots.get(next_key)
+            for record in await alert_order.records(event, None if stored is None else int(stored)):
+                await handle_alert_event(record.key, record.value or b"{}")
+                alert_slots[next_key] = record.offset + 1  # last: after its effects
+
+    async def handle_alert_event(key: bytes | None, value: bytes) -> None:
+        alert_id = (key or b"").decode()
+        body = json.loads(value)
+        slot = slot_from_json(alert_slots.get(alert_id))
+        if "raised" in body:
+            raised = Alert.model_validate(body["raised"])
+            slot, emitted = on_raised(slot, raised, emitted=body.get("emitted", False))
+        elif "closed" in body:
+            closing = slot_from_json(body["closed"])
+            assert isinstance(closing, Closing)  # noqa: S101 - written by ingest
+            slot, emitted = on_closed(slot, closing)
+        else:
+            tick = datetime.fromisoformat(body["tick"])
+            slot, emitted = on_tick(slot, tick, streams.alert_sla_s)
+        if emitted is not None:
+            await emit_alert(emitted)
+            await outputs.flush()  # an alert is never left in a buffer
+        # Written after the alert is out: a crash in between replays the message,
+        # which emits the same alert again (idempotent downstream by alert id).
+        alert_slots[alert_id] = slot_to_json(slot)
 
     @app.timer(1.0, name="touchstream.outcome_progress")
     async def outcome_progress() -> None:
@@ -645,6 +696,8 @@ def create_app(
         now = utcnow()
         open_count = past_sla = 0
         for alert_id, stored in list(alert_slots.items()):
+            if alert_id.startswith(META_PREFIX):
+                continue  # the agent's next offset per partition
             slot = slot_from_json(stored)
             if not isinstance(slot, Alert) or slot.status == "closed":
                 continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from aiokafka.errors import IllegalStateError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -236,11 +237,17 @@ async def measure_lag(consumer: _Consumer, topics: Collection[str]) -> dict[tupl
     """highwater (from fetch responses, right on the local broker too) minus the next
     offset to fetch, per assigned partition of ``topics`` that has both."""
     lags: dict[tuple[str, int], int] = {}
-    for tp in consumer.assignment():
-        if tp.topic not in topics:
+    for tp in list(consumer.assignment()):
+        # A rebalance can take a partition away during an await below; aiokafka
+        # then fails an assertion (highwater) or raises (position), and this
+        # timer's error ended the worker (seen in tests/integration/test_scale_out.py).
+        if tp.topic not in topics or tp not in consumer.assignment():
             continue
         highwater = consumer.highwater(tp)
-        position = await consumer.position(tp)
+        try:
+            position = await consumer.position(tp)
+        except IllegalStateError:
+            continue
         if highwater is not None and position is not None:
             lags[(tp.topic, tp.partition)] = highwater - position
     return lags

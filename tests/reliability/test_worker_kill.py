@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
@@ -20,12 +19,6 @@ from touchstream.localbroker import LocalBroker
 from touchstream.stack import Stack
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="rare loss after a worker kill (about 1 run in 4 for two workers, rarer for one): "
-    "one contribution or a set of windows missing while every event landed; the causes found "
-    "so far are fixed (docs/design/streams.md, 'Fixed: decisions after a kill' and 'Open')",
-)
 def test_two_worker_kills_lose_nothing_and_count_nothing_twice(
     broker: LocalBroker, make_settings: SettingsFactory, ch: Any, simulate: Simulated
 ) -> None:

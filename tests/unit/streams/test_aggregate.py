@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from touchstream.streams.aggregate import KpiAggregator
 from touchstream.streams.kpis import Contribution, contributions
@@ -108,3 +109,15 @@ def test_one_emission_pass_reads_each_bucket_once_and_gets_the_same_values() -> 
         pass
     feed(agg, T0 + 60, 10)  # after the pass: reads see the store again
     assert agg.update("nps|web|delivery", Window(T0, 3600), 2, NOW).denominator == 10
+
+
+def test_keys_of_the_agents_own_bookkeeping_are_not_buckets() -> None:
+    # The KPI agent keeps the next contributions offset per partition in the same
+    # table ("#next|<partition>"): reindexing and re-emitting skip it.
+    store: dict[str, Any] = {"#next|3": 12}
+    agg = KpiAggregator(store, 3600, 300)
+    feed(agg, T0 + 10, 10)
+    agg.reindex()
+    windows = set(agg.all_windows())
+    assert windows and all(not group.startswith("#") for group, _ in windows)
+    assert agg.update("nps|web|delivery", Window(T0, 3600), 1, NOW).denominator == 1
