@@ -61,14 +61,13 @@ from touchstream.streams.outcomes import (
     KINDS,
     Op,
     OutcomeTracker,
-    PartitionStore,
-    WriteBehind,
     apply,
     combined_watermark,
     decision_contributions,
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, partition_of
+from touchstream.streams.state import PartitionStore, WriteBehind
 
 log = logging.getLogger(__name__)
 

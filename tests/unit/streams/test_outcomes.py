@@ -10,12 +10,11 @@ from touchstream.schemas.events import AnyEvent
 from touchstream.streams.outcomes import (
     Decision,
     OutcomeTracker,
-    PartitionStore,
-    WriteBehind,
     combined_watermark,
     decision_contributions,
     ops_of,
 )
+from touchstream.streams.state import PartitionStore, WriteBehind
 
 MIN = 60.0
 T = 1_000_000.0
