@@ -325,6 +325,11 @@ class AnonymousBook:
     def __init__(self, store: MutableMapping[str, Any], horizon_s: float) -> None:
         self.store = store
         self.horizon_s = horizon_s
+        # A linked id's link time and last activity are refreshed in steps of a
+        # ninetieth of the horizon (a day at 90 days), not at every batch: each
+        # write is a changelog record, and nearly every identified event repeats
+        # its link. Expiry and a competing link are judged to within a step.
+        self.step_s = horizon_s / 90
         self._due: list[tuple[float, str]] = []
 
     def rebuild(self) -> None:
@@ -350,6 +355,8 @@ class AnonymousBook:
         current, linked_at = state["customer"], state["linked_at"]
         out: list[tuple[str, list[Touch]]] = []
         if current == customer_id:
+            if at <= float(linked_at) + self.step_s and not self._stale(state, at):
+                return out  # nothing worth a write
             state["linked_at"] = max(float(linked_at), at)
         elif current is None or at > float(linked_at):
             state["customer"], state["linked_at"] = customer_id, at
@@ -360,8 +367,17 @@ class AnonymousBook:
         self._save(anonymous_id, state, at)
         return out
 
+    def _stale(self, state: dict[str, Any], at: float) -> bool:
+        return "last_at" not in state or at > float(state["last_at"]) + self.step_s
+
     def add(self, anonymous_id: str, touches: list[Touch]) -> list[tuple[str, list[Touch]]]:
         state = self._state(anonymous_id)
+        customer = state["customer"]
+        latest = max(float(t[0]) for t in touches)
+        if customer is not None and not self._stale(state, latest):
+            # Linked: the touches go on to the customer; the summary kept for a
+            # link to another customer is refreshed with the activity step.
+            return [(customer, [list(t) for t in touches])]
         for touch in touches:
             held = state["touch"]
             if held is None or list(touch) > held:
@@ -369,8 +385,7 @@ class AnonymousBook:
             held = state["detractor"]
             if touch[4] and (held is None or list(touch) > held):
                 state["detractor"] = list(touch)
-        self._save(anonymous_id, state, max(float(t[0]) for t in touches))
-        customer = state["customer"]
+        self._save(anonymous_id, state, latest)
         return [(customer, [list(t) for t in touches])] if customer is not None else []
 
     def expire(self, watermark: float) -> int:

@@ -118,9 +118,34 @@ def test_a_link_hands_the_anonymous_history_to_the_customer_and_later_touches_fo
     assert anonymous.link("a1", "c1", 50) == []  # the same customer again: nothing new
     after = [touch(60, tp="catalog")]
     assert anonymous.add("a1", after) == [("c1", after)]  # once linked, one by one
-    # A later link to another customer wins (as ClickHouse's identities view says).
-    assert anonymous.link("a1", "c2", 70) == [("c2", [touch(60, tp="catalog"), before[1]])]
+    # A later link to another customer wins (as ClickHouse's identities view says),
+    # with the summary as last refreshed: a linked id's state is written once per
+    # step of the horizon (a day at 90 days), not at every batch.
+    assert anonymous.link("a1", "c2", 70) == [("c2", [touch(30, tp="search"), before[1]])]
     assert anonymous.link("a1", "c1", 65) == []  # an older link changes nothing
+    day = anonymous.step_s
+    assert anonymous.add("a1", [touch(70 + 2 * day, tp="home")]) == [
+        ("c2", [touch(70 + 2 * day, tp="home")])
+    ]
+    assert anonymous.store["a1"]["touch"] == touch(70 + 2 * day, tp="home")  # refreshed
+
+
+def test_a_linked_id_repeating_its_link_costs_no_write_within_a_step() -> None:
+    writes: list[str] = []
+
+    class Store(dict[str, Any]):
+        def __setitem__(self, key: str, value: Any) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    anonymous = AnonymousBook(Store(), H)
+    anonymous.link("a2", "c2", 100)
+    for at in range(110, 200, 10):  # every identified event links again
+        anonymous.link("a2", "c2", at)
+        anonymous.add("a2", [touch(at + 1)])
+    assert writes == ["a2"]
+    anonymous.link("a2", "c2", 100 + anonymous.step_s + 1)  # a step later: refreshed
+    assert writes == ["a2", "a2"]
 
 
 def test_anonymous_ids_quiet_for_the_horizon_are_forgotten_even_after_a_restart() -> None:
