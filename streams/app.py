@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import faust
 from prometheus_client import CollectorRegistry
@@ -70,6 +70,13 @@ from touchstream.streams.outputs import Outputs, partition_of
 from touchstream.streams.state import PartitionStore, WriteBehind
 
 log = logging.getLogger(__name__)
+
+
+class _Rebuilt(Protocol):
+    def rebuild(self) -> None: ...
+
+
+Rebuildable = TypeVar("Rebuildable", bound=_Rebuilt)
 
 EXIT_AGENT_CRASHED = 70
 BUNDLE_KEY = b"bundle"  # internal messages carrying many items, sent to a partition
@@ -266,31 +273,47 @@ def create_app(
     def marks(partition: int) -> PartitionStore:
         return store_of(partition, f"mark|{partition}")
 
-    def book(partition: int) -> CustomerBook:
-        found = books.get(partition)
+    def rebuilt(
+        cache: dict[Any, Rebuildable],
+        key: Any,
+        partition: int,
+        prefix: str,
+        make: Callable[[PartitionStore], Rebuildable],
+    ) -> Rebuildable:
+        """The state object of a partition's prefix, made and rebuilt from the
+        table on first use."""
+        found = cache.get(key)
         if found is None:
-            store = store_of(partition, "customer")
-            found = books[partition] = CustomerBook(store, streams.churn_horizon_s)
+            found = cache[key] = make(store_of(partition, prefix))
             found.rebuild()
         return found
+
+    def book(partition: int) -> CustomerBook:
+        return rebuilt(
+            books,
+            partition,
+            partition,
+            "customer",
+            lambda store: CustomerBook(store, streams.churn_horizon_s),
+        )
 
     def anonymous_book(partition: int) -> AnonymousBook:
-        found = anonymous_books.get(partition)
-        if found is None:
-            store = store_of(partition, "anonymous")
-            found = anonymous_books[partition] = AnonymousBook(store, streams.churn_horizon_s)
-            found.rebuild()
-        return found
+        return rebuilt(
+            anonymous_books,
+            partition,
+            partition,
+            "anonymous",
+            lambda store: AnonymousBook(store, streams.churn_horizon_s),
+        )
 
     def tracker(kind: str, partition: int) -> OutcomeTracker:
-        found = trackers.get((kind, partition))
-        if found is None:
-            store = store_of(partition, kind)
-            found = trackers[(kind, partition)] = OutcomeTracker(
-                streams.abandonment_timeout_s, store=store
-            )
-            found.rebuild()
-        return found
+        return rebuilt(
+            trackers,
+            (kind, partition),
+            partition,
+            kind,
+            lambda store: OutcomeTracker(streams.abandonment_timeout_s, store=store),
+        )
 
     bucket_store = WriteBehind(buckets)
     aggregator = KpiAggregator(
