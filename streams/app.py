@@ -52,7 +52,7 @@ from touchstream.streams.customers import (
     link_of,
     touch_of,
 )
-from touchstream.streams.delivery import InOrder, changelogs_written
+from touchstream.streams.delivery import InOrder, Record, changelogs_written
 from touchstream.streams.delivery import Table as DeliveryTable
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake
@@ -511,23 +511,16 @@ def create_app(
         # skips a contribution at or below the highest source offset it counted,
         # so one handled after a later one from the same source would be lost.
         async for event in stream.events():
-            partition = event.message.partition
-            next_key = f"{META_PREFIX}next|{partition}"
-            stored = buckets.get(next_key)
-            records = await kpi_order.records(event, None if stored is None else int(stored))
-            if not records:
+            if not await kpi_order.handle(event, buckets, fold_contributions):
                 metrics.replayed_contributions.inc()
-            for record in records:
-                fold_contributions(record.key, record.value or b"{}")
-                buckets[next_key] = record.offset + 1  # last: after its effects
 
-    def fold_contributions(key: bytes | None, value: bytes) -> None:
+    async def fold_contributions(record: Record) -> None:
         """A bundle folded into the buckets in memory (bucket_store's overlay), and
         each changed bucket written to the table once."""
-        body = json.loads(value)
+        body = json.loads(record.value or b"{}")
         items = body["contributions"] if "contributions" in body else [body]
         for item in items:
-            group = item["group"] if "group" in item else (key or b"").decode()
+            group = item["group"] if "group" in item else (record.key or b"").decode()
             kpi, channel, touchpoint = group.split("|")
             contribution = Contribution(
                 kpi,
@@ -678,16 +671,11 @@ def create_app(
         # offset order per partition (streams/delivery.py): a transition Faust
         # skipped around a rebalance (a closing, an overdue tick) is read first.
         async for event in stream.events():
-            partition = event.message.partition
-            next_key = f"{META_PREFIX}next|{partition}"
-            stored = alert_slots.get(next_key)
-            for record in await alert_order.records(event, None if stored is None else int(stored)):
-                await handle_alert_event(record.key, record.value or b"{}")
-                alert_slots[next_key] = record.offset + 1  # last: after its effects
+            await alert_order.handle(event, alert_slots, handle_alert_event)
 
-    async def handle_alert_event(key: bytes | None, value: bytes) -> None:
-        alert_id = (key or b"").decode()
-        body = json.loads(value)
+    async def handle_alert_event(record: Record) -> None:
+        alert_id = (record.key or b"").decode()
+        body = json.loads(record.value or b"{}")
         slot = slot_from_json(alert_slots.get(alert_id))
         if "raised" in body:
             raised = Alert.model_validate(body["raised"])

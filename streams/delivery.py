@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,13 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from touchstream.settings import Settings
+from touchstream.streams.aggregate import META_PREFIX
 
 log = logging.getLogger(__name__)
 
+# A table's key for an agent's next offset per partition (META_PREFIX: not a
+# bucket or an alert id, which the table's readers skip).
+NEXT_PREFIX = f"{META_PREFIX}next|"
 GAP_READ_TIMEOUT_S = 30.0  # then the agent crashes the worker (loud, read again on restart)
 
 
@@ -125,6 +130,23 @@ class InOrder:
     def __init__(self, settings: Settings, name: str) -> None:
         self._settings = settings
         self._name = name
+
+    async def handle(
+        self,
+        event: Any,
+        table: MutableMapping[str, Any],
+        handle: Callable[[Record], Awaitable[None]],
+    ) -> int:
+        """Hand what :meth:`records` yields to ``handle``, keeping the next offset
+        expected under ``#next|<partition>`` in ``table``, written after each
+        record's effects. How many records were handled (0: a replay)."""
+        next_key = f"{NEXT_PREFIX}{event.message.tp.partition}"
+        stored = table.get(next_key)
+        records = await self.records(event, None if stored is None else int(stored))
+        for record in records:
+            await handle(record)
+            table[next_key] = record.offset + 1  # last: after its effects
+        return len(records)
 
     async def records(self, event: Any, expected: int | None) -> list[Record]:
         message = event.message

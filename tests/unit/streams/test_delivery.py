@@ -83,3 +83,21 @@ def test_before_any_stored_offset_the_partition_starts_at_its_earliest(log: Fake
     log.earliest = 5
     assert offsets(8, None) == [5, 6, 7, 8]
     assert log.reads == [(None, 8)]
+
+
+def test_handle_keeps_the_next_offset_in_the_table_after_each_record(log: FakeLog) -> None:
+    settings: Any = None
+    order = InOrder(settings, "test")
+    table: dict[str, Any] = {}
+    seen: list[tuple[int, Any]] = []
+
+    async def handle(record: Record) -> None:
+        seen.append((record.offset, table.get("#next|0")))  # written after, not before
+
+    async def deliver(offset: int) -> int:
+        return await order.handle(Event(Message(P0, offset)), table, handle)
+
+    assert asyncio.run(deliver(0)) == 1 and table == {"#next|0": 1}
+    assert asyncio.run(deliver(3)) == 3  # 1..2 read from the broker first
+    assert seen == [(0, None), (1, 1), (2, 2), (3, 3)] and table == {"#next|0": 4}
+    assert asyncio.run(deliver(2)) == 0 and table == {"#next|0": 4}  # a replay
