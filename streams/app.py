@@ -354,6 +354,12 @@ def create_app(
                 value = json.dumps({"contributions": chunk}).encode()
                 await outputs.send(contributions_name, value, key=BUNDLE_KEY, partition=partition)
 
+    async def send_outcome_bundle(partition: int, body: dict[str, Any]) -> None:
+        """An outcome partition's items, in messages of at most BUNDLE_ITEMS."""
+        for chunk in bundle_chunks(body):
+            value = json.dumps(chunk).encode()
+            await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
+
     async def checkpoint(batch: Batch) -> None:
         """After the batch's outputs are flushed: its state, per source partition."""
         states = intake.states
@@ -478,9 +484,7 @@ def create_app(
                 held = bundle(f"anonymous|{anonymous_id}")["anonymous"]
                 held.setdefault(anonymous_id, []).append(touch)
         for partition, body in sorted(bundles.items()):
-            for chunk in bundle_chunks(body):
-                value = json.dumps(chunk).encode()
-                await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
+            await send_outcome_bundle(partition, body)
         await send_contributions(result.contributions)
         await outputs.flush()
         await checkpoint(batch)
@@ -606,9 +610,7 @@ def create_app(
             target = partition_of(f"customer|{customer_id}".encode(), kafka.partitions)
             bundles.setdefault(target, {}).setdefault(customer_id, []).extend(touches)
         for target, customers in sorted(bundles.items()):
-            for chunk in bundle_chunks({"customers": customers}):
-                value = json.dumps(chunk).encode()
-                await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=target)
+            await send_outcome_bundle(target, {"customers": customers})
         metrics.stitched_touches.inc(sum(len(t) for t in stitched.values()))
         return bool(bundles)
 
