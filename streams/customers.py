@@ -90,15 +90,7 @@ def anonymous_touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
     (whatever its type) of the customer the id is or will be linked to."""
     if event.customer_id or not event.anonymous_id:
         return None
-    touch = [
-        event.occurred_at.timestamp(),
-        "touch",
-        event.channel,
-        event.touchpoint,
-        is_detractor(event),
-        "",
-    ]
-    return event.anonymous_id, touch
+    return event.anonymous_id, _touch(event, "touch", "")
 
 
 def link_of(event: AnyEvent) -> tuple[str, str, float] | None:
@@ -119,15 +111,12 @@ def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
     elif isinstance(event, SubscriptionStarted | SubscriptionCancelled | PlanUpgraded):
         kind = event.event_type
         subscription = event.properties.subscription_id
-    touch = [
-        event.occurred_at.timestamp(),
-        kind,
-        event.channel,
-        event.touchpoint,
-        is_detractor(event),
-        subscription,
-    ]
-    return event.customer_id, touch
+    return event.customer_id, _touch(event, kind, subscription)
+
+
+def _touch(event: AnyEvent, kind: str, subscription: str) -> Touch:
+    at = event.occurred_at.timestamp()
+    return [at, kind, event.channel, event.touchpoint, is_detractor(event), subscription]
 
 
 class CustomerBook:
@@ -374,18 +363,17 @@ class AnonymousBook:
         state = self._state(anonymous_id)
         customer = state["customer"]
         latest = max(float(t[0]) for t in touches)
-        if customer is not None and not self._stale(state, latest):
-            # Linked: the touches go on to the customer; the summary kept for a
-            # link to another customer is refreshed with the activity step.
-            return [(customer, [list(t) for t in touches])]
-        for touch in touches:
-            held = state["touch"]
-            if held is None or list(touch) > held:
-                state["touch"] = list(touch)
-            held = state["detractor"]
-            if touch[4] and (held is None or list(touch) > held):
-                state["detractor"] = list(touch)
-        self._save(anonymous_id, state, latest)
+        # Linked, the touches go on to the customer, and the summary (kept for a
+        # link to another customer) is refreshed only with the activity step.
+        if customer is None or self._stale(state, latest):
+            for touch in touches:
+                held = state["touch"]
+                if held is None or list(touch) > held:
+                    state["touch"] = list(touch)
+                held = state["detractor"]
+                if touch[4] and (held is None or list(touch) > held):
+                    state["detractor"] = list(touch)
+            self._save(anonymous_id, state, latest)
         return [(customer, [list(t) for t in touches])] if customer is not None else []
 
     def expire(self, watermark: float) -> int:
