@@ -15,6 +15,20 @@ class CheckpointReadError(RuntimeError):
     """The checkpoint topic could not be read to its end in time."""
 
 
+def standalone_consumer(settings: Settings, purpose: str) -> AIOKafkaConsumer:
+    """A consumer outside any group (assign, seek, read), for reading a topic's
+    partitions directly: client id ``<app_id>-<purpose>``."""
+    kafka = settings.kafka
+    return AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{settings.streams.app_id}-{purpose}",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka.security_kwargs(),
+    )
+
+
 async def read_latest(
     settings: Settings, topic: str, partitions: set[int], timeout_s: float = 60.0
 ) -> dict[int, dict[str, bytes | None]]:
@@ -40,14 +54,7 @@ async def read_latest(
 async def _read(
     settings: Settings, topic: str, partitions: set[int], out: dict[int, dict[str, bytes | None]]
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.streams.app_id}-checkpoints",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **settings.kafka.security_kwargs(),
-    )
+    consumer = standalone_consumer(settings, "checkpoints")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from touchstream.settings import Settings
 from touchstream.streams.aggregate import META_PREFIX
+from touchstream.streams.checkpoints import standalone_consumer
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +184,7 @@ async def read_range(
 ) -> list[Record]:
     """The records of ``topic[partition]`` at offsets from ``start`` (None: the
     earliest) up to ``end`` excluded, read by a consumer outside any group."""
-    kafka = settings.kafka
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{settings.streams.app_id}-gaps",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kafka.security_kwargs(),
-    )
+    consumer = standalone_consumer(settings, "gaps")
     tp = TopicPartition(topic, partition)
     out: list[Record] = []
     try:
