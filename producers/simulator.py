@@ -1,9 +1,8 @@
 """A deterministic storefront: customers with anonymous→identified sessions on two
 devices (app and browser) across channels, browsing, carts, checkouts completed or
-dropped at a step, orders,
-cancellations, returns, deliveries, subscriptions with cancellations and
-retention saves, support contacts, and NPS/CSAT/CES/ISN/comment feedback tied to
-touchpoints; detractors' cases closed some hours later.
+dropped at a step, orders, cancellations, returns, deliveries, subscriptions with
+cancellations and retention saves, support contacts, and NPS/CSAT/CES/ISN/comment
+feedback tied to touchpoints; detractors' cases closed some hours later.
 
 Same seed and options → the same messages, byte for byte. :meth:`Simulator.events`
 gives the clean events (wire dicts ordered by occurred_at); :meth:`Simulator.messages`
