@@ -120,6 +120,9 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PHASES = ("ceiling", "naive", "drain", "freshness", "memory", "http")
+
+
 @dataclass
 class Watch:
     """RSS and CPU of named processes, sampled."""
@@ -217,6 +220,7 @@ class Options:
     memory_budget: float = 600.0
     profile_seconds: int = 60
     one_record_batches: bool | None = None  # None: the product's default (on, locally)
+    phases: frozenset[str] = frozenset(PHASES)
 
 
 class Bench:
@@ -803,13 +807,17 @@ class Bench:
         try:
             await self.start_broker()
             produced = await self.preload()
-            await self.raw_ceiling()
-            await self.naive()
-            async with self.pipeline("d", start=False) as (stack, client):
-                await self.drain(stack, client, produced["responses"])
-            async with self.pipeline("f") as (stack, client):
-                await self.freshness(stack, client)
-            if self.o.distinct:
+            if "ceiling" in self.o.phases:
+                await self.raw_ceiling()
+            if "naive" in self.o.phases:
+                await self.naive()
+            if "drain" in self.o.phases:
+                async with self.pipeline("d", start=False) as (stack, client):
+                    await self.drain(stack, client, produced["responses"])
+            if "freshness" in self.o.phases:
+                async with self.pipeline("f") as (stack, client):
+                    await self.freshness(stack, client)
+            if self.o.distinct and "memory" in self.o.phases:
                 async with self.pipeline("m") as (stack, client):
                     await self.memory(stack, client)
             self.figures.update(
@@ -1072,8 +1080,16 @@ def main() -> None:
         default="auto",
         help="the worker's producer: auto = the product's default (on for the local broker)",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (preload always runs)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    phases = frozenset(p.strip() for p in args.phases.split(",") if p.strip())
+    if unknown := phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     options = Options(
         events=args.events,
         rate=args.rate,
@@ -1088,6 +1104,7 @@ def main() -> None:
         memory_budget=args.memory_budget,
         profile_seconds=args.profile_seconds,
         one_record_batches={"auto": None, "on": True, "off": False}[args.one_record_batches],
+        phases=phases,
     )
     console = Console()
     figures: dict[str, Any] = {"machine": machine()}
@@ -1104,7 +1121,7 @@ def main() -> None:
         finally:
             figures.update(bench.figures)
             bench.close()
-    if options.http_seconds:
+    if options.http_seconds and "http" in options.phases:
         figures.update(run_http_bench(console, options.http_seconds, options.rate))
     figures["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     figures["options"] = options.__dict__
