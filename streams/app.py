@@ -182,6 +182,9 @@ def create_app(
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=_credentials(kafka),
         store="memory://",
+        # Faust's data directory (empty with the memory store): under ours, not
+        # "<app id>-data" in whatever directory the worker was started from.
+        datadir=str(settings.data_dir / "faust" / f"{streams.app_id}-data"),
         # Tables whose changelog records can be awaited (streams/delivery.py).
         Table=DeliveryTable,
         autodiscover=False,

@@ -19,6 +19,8 @@ def run_worker(settings: Settings) -> None:
     if settings.metrics.enabled:
         start_http_server(settings.metrics.worker_port, settings.metrics.host, registry)
     app = create_app(settings, registry)
+    # Faust creates its data directory but not the parents (under our data dir).
+    app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     # The cyclic GC costs more than validation itself when a batch holds thousands
     # of live models (docs/design/streams.md): move what start-up built out of its
     # reach and collect the young generation far less often.

@@ -39,6 +39,7 @@ def create_naive_app(settings: Settings, client: Any, report: Path) -> faust.App
         settings.streams.app_id + "-naive",
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
         store="memory://",
+        datadir=str(settings.data_dir / f"{settings.streams.app_id}-naive-data"),
         autodiscover=False,
         topic_partitions=settings.kafka.partitions,
         consumer_auto_offset_reset="earliest",
