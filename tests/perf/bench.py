@@ -1124,7 +1124,7 @@ def main() -> None:
     if options.http_seconds and "http" in options.phases:
         figures.update(run_http_bench(console, options.http_seconds, options.rate))
     figures["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    figures["options"] = options.__dict__
+    figures["options"] = {**options.__dict__, "phases": sorted(options.phases)}
     for window, profile in bench.profiles.items():
         figures[f"worker_profile_{window}"] = profile
     report(console, figures, bench.profiles)
