@@ -47,6 +47,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         request_timeout_ms=10_000,
         **settings.kafka.security_kwargs(),
     )
+    compacted = {settings.topic("ingest_state"), settings.topic("kpi_state")}
     await admin.start()
     try:
         await admin.create_topics(
@@ -55,7 +56,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
                     name,
                     num_partitions=settings.kafka.partitions,
                     replication_factor=settings.kafka.replication_factor,
-                    topic_configs=COMPACTED if name == settings.topic("ingest_state") else {},
+                    topic_configs=COMPACTED if name in compacted else {},
                 )
                 for name in missing
             ]

@@ -161,6 +161,10 @@ class Topics(BaseModel):
         default="touchstream.ingest-state.v1",
         description="internal, compacted: dedup ids, watermarks, offsets per raw partition",
     )
+    kpi_state: str = Field(
+        default="touchstream.kpi-state.v1",
+        description="internal, compacted: KPI buckets and offsets per contributions partition",
+    )
 
 
 class ClickHouseSettings(BaseModel):

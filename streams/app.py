@@ -5,8 +5,10 @@
   batch to :func:`touchstream.streams.ingest.ingest`: valid events go to the
   internal events topic (for the sink), bad ones to the dead-letter topic, KPI
   contributions to an internal topic keyed by KPI group.
-- ``kpis`` folds contributions into a changelogged table of per-bucket counts;
-  a timer emits the latest value of every changed window to the KPI topic.
+- the KPI stage reads the contributions through its own consumer too and folds
+  each batch into per-bucket counts per partition (streams/aggregate.py
+  ``KpiPartition``), checkpointed to a compacted topic after each batch; a timer
+  emits the latest value of every changed window to the KPI topic.
 
 Outputs are flushed before a batch is acknowledged (at-least-once). An agent
 that raises ends the worker process with a non-zero exit, before its batch is
@@ -22,6 +24,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -34,7 +37,7 @@ from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
-from touchstream.streams.aggregate import META_PREFIX, Dirty, KpiAggregator
+from touchstream.streams.aggregate import META_PREFIX, Dirty, KpiPartition
 from touchstream.streams.alerts import (
     Closing,
     on_closed,
@@ -54,8 +57,9 @@ from touchstream.streams.customers import (
 )
 from touchstream.streams.delivery import InOrder, Record, changelogs_written
 from touchstream.streams.delivery import Table as DeliveryTable
+from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import forwarded, ingest
-from touchstream.streams.intake import Batch, Intake
+from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcomes import (
     KINDS,
@@ -67,7 +71,7 @@ from touchstream.streams.outcomes import (
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, partition_of
-from touchstream.streams.state import PartitionStore, WriteBehind
+from touchstream.streams.state import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,6 @@ def create_app(
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
     raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
-    contributions_topic = raw_topic(settings.topic("kpi_contributions"))
     alert_events = raw_topic(settings.topic("alert_events"))
     outcome_events = raw_topic(settings.topic("outcome_events"))
     # Everything but table changelogs goes out through the batching producer.
@@ -221,22 +224,17 @@ def create_app(
     alert_events_name = settings.topic("alert_events")
     outcome_events_name = settings.topic("outcome_events")
     ingest_state_name = settings.topic("ingest_state")
+    kpi_state_name = settings.topic("kpi_state")
 
     async def stop_outputs(app: faust.App, **_: Any) -> None:
         await intake.stop()  # its batch at hand finishes first
+        await kpi_intake.stop()
         await outputs.stop()
 
     app.on_before_shutdown.connect(stop_outputs)  # type: ignore[arg-type]
 
     metrics.prime(raw_topics)
 
-    buckets = app.Table(
-        "kpi-buckets",
-        default=None,
-        partitions=kafka.partitions,
-        key_type=str,
-        # no value_type: values are plain JSON (value_type=dict breaks recovery)
-    )
     alert_slots = app.Table(
         "alert-slots",
         default=None,
@@ -318,10 +316,6 @@ def create_app(
             lambda store: OutcomeTracker(streams.abandonment_timeout_s, store=store),
         )
 
-    bucket_store = WriteBehind(buckets)
-    aggregator = KpiAggregator(
-        bucket_store, streams.window_size_s, streams.window_step_s, streams.daily_window
-    )
     dirty: set[Dirty] = set()
 
     async def crashed(agent: Any, exc: BaseException) -> None:
@@ -337,8 +331,8 @@ def create_app(
         return partition_of(contribution_key(group).encode(), kafka.partitions)
 
     async def send_contributions(contributions: Iterable[Contribution]) -> None:
-        """One message per contributions partition: the KPI agent folds a whole
-        bundle into its buckets and logs each changed bucket once. Partitioned by
+        """One message per contributions partition (a bundle the KPI stage folds
+        into that partition's buckets). Partitioned by
         the contribution key (rates over a stock, churn and upsell, by the stock,
         so the worker that holds a window's numerator also holds its denominator)."""
         bundles: dict[int, list[dict[str, Any]]] = {}
@@ -495,54 +489,66 @@ def create_app(
         metrics.batch_size.observe(len(messages))
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    intake = Intake(settings, raw_topics, handle)
+    lateness = streams.allowed_lateness_s
+    intake: Intake[SourceState] = Intake(
+        settings,
+        "ingest",
+        raw_topics,
+        handle,
+        ingest_state_name,
+        lambda tp, records: SourceState.restore(source_of(tp), lateness, records),
+    )
 
-    async def run_intake() -> None:
-        try:
-            await intake.start()
-            await intake.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a crash is loud: the worker exits
-            await crashed("touchstream.ingest", exc)
+    def restore_kpis(tp: Any, records: dict[str, bytes | None]) -> KpiPartition:
+        """A contributions partition from its checkpoint; every window with state
+        is emitted again (an update pending when the previous owner stopped is not
+        lost)."""
+        part = KpiPartition(
+            streams.window_size_s, streams.window_step_s, streams.daily_window, records
+        )
+        dirty.update(part.aggregator.all_windows())
+        return part
 
-    app.early_tasks = (run_intake,)
-
-    kpi_order = InOrder(settings, "touchstream.kpis")
-
-    @app.agent(contributions_topic, name="touchstream.kpis")
-    async def kpi_agent(stream: faust.StreamT) -> None:
-        # One message at a time: a table write is logged to the partition of the
-        # message being processed, which take() batches would blur.
-        # Strictly in offset order per partition (streams/delivery.py): a bucket
-        # skips a contribution at or below the highest source offset it counted,
-        # so one handled after a later one from the same source would be lost.
-        async for event in stream.events():
-            if not await kpi_order.handle(event, buckets, fold_contributions):
-                metrics.replayed_contributions.inc()
-
-    async def fold_contributions(record: Record) -> None:
-        """A bundle folded into the buckets in memory (bucket_store's overlay), and
-        each changed bucket written to the table once."""
-        body = json.loads(record.value or b"{}")
-        items = body["contributions"] if "contributions" in body else [body]
-        for item in items:
-            group = item["group"] if "group" in item else (record.key or b"").decode()
-            kpi, channel, touchpoint = group.split("|")
-            contribution = Contribution(
-                kpi,
-                channel,
-                touchpoint,
-                float(item["at"]),
-                tuple(item["counts"].items()),
-                item.get("src", ""),
-                int(item.get("off", -1)),
-            )
-            changed = aggregator.add(contribution)
-            if not changed:
-                metrics.replayed_contributions.inc()  # a replay after a restart
+    async def fold_contributions(batch: Batch) -> None:
+        """A batch of contribution bundles folded into their partitions' buckets,
+        then each partition's checkpoint (changed buckets, next offset), flushed."""
+        parts = kpi_intake.states
+        folded: set[str] = set()
+        for message in batch.messages:
+            source = f"{message.topic}:{message.partition}"
+            changed, replays = parts[source].fold(message.offset, message.value)
             dirty.update(changed)
-        bucket_store.apply()
+            folded.add(source)
+            if replays:  # contributions counted before a restart
+                metrics.replayed_contributions.inc(replays)
+        for source in sorted(folded):
+            partition = int(source.rsplit(":", 1)[1])
+            for key, value in parts[source].checkpoint():
+                await outputs.send(kpi_state_name, value, key=key.encode(), partition=partition)
+        await outputs.flush()
+
+    kpi_intake: Intake[KpiPartition] = Intake(
+        settings,
+        "kpis",
+        [contributions_name],
+        fold_contributions,
+        kpi_state_name,
+        restore_kpis,
+    )
+
+    def run(name: str, stage: Intake[Any]) -> Callable[[], Awaitable[None]]:
+        async def running() -> None:
+            try:
+                await stage.start()
+                await stage.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a crash is loud: the worker exits
+                await crashed(name, exc)
+
+        return running
+
+    app.early_tasks = (run("touchstream.ingest", intake), run("touchstream.kpis", kpi_intake))
 
     outcome_sources = [
         f"{topic}:{partition}"
@@ -727,37 +733,35 @@ def create_app(
         metrics.alerts_open.set(open_count)
         metrics.alerts_past_sla.set(past_sla)
 
-    @buckets.on_recover
-    async def recovered() -> None:
-        # Windows restored from the changelog are emitted again: an update that was
-        # pending when the previous worker stopped is not lost.
-        aggregator.reindex()
-        dirty.update(aggregator.all_windows())
-
     @app.timer(streams.kpi_emit_interval_s, name="touchstream.emit_kpis")
     async def emit_kpis() -> None:
         if not dirty:
             return
-        pending = sorted(dirty)
-        dirty.clear()
-        now = utcnow()
-        version = time.time_ns()
-        # Faust's memory store keeps the values of partitions revoked from this
-        # worker: emitted, those stale windows (with a newer version) replaced their
-        # owner's rows. Only windows of the contribution partitions owned now go out.
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == contributions_name}
         updates = []
-        with aggregator.reading():  # no await inside: one consistent read of the buckets
-            for group, window in pending:
-                if contribution_partition(group) not in owned:
-                    # Its owner emits it; kept dirty in case this worker is that owner
-                    # again once a rebalance under way settles (no recovery marks it
-                    # dirty then if the partition never left).
-                    dirty.add((group, window))
-                    continue
-                update = aggregator.update(group, window, version, now)
-                if update.counts:
-                    updates.append((update, window))
+        # Under the KPI stage's lock: between batches, so what goes out is
+        # checkpointed (a successor never emits a window older than this).
+        async with kpi_intake.lock:
+            pending = sorted(dirty)
+            dirty.clear()
+            now = utcnow()
+            version = time.time_ns()
+            # Only partitions owned now: a revoked partition's windows are its new
+            # owner's (who emits every window it restores), never ours, stale.
+            parts = {
+                tp.partition: kpi_intake.states[source_of(tp)]
+                for tp in kpi_intake.owned
+                if source_of(tp) in kpi_intake.states
+            }
+            with ExitStack() as reads:  # each bucket and stock level read once per pass
+                for part in parts.values():
+                    reads.enter_context(part.aggregator.reading())
+                for group, window in pending:
+                    owner = parts.get(contribution_partition(group))
+                    if owner is None:
+                        continue
+                    update = owner.aggregator.update(group, window, version, now)
+                    if update.counts:
+                        updates.append((update, window))
         for update, window in updates:
             await outputs.send(
                 kpis_name,
@@ -768,15 +772,14 @@ def create_app(
             metrics.kpis.observe(update)
         await outputs.flush()
 
-    lag_topics = {
-        t for topic in (contributions_topic, outcome_events, alert_events) for t in topic.topics
-    }
+    lag_topics = {t for topic in (outcome_events, alert_events) for t in topic.topics}
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:
         lags = await worker_metrics.measure_lag(app.consumer, lag_topics)
-        if intake.consumer is not None:
-            lags.update(await worker_metrics.measure_lag(intake.consumer, raw_topics))
+        for stage, topics in ((intake, raw_topics), (kpi_intake, [contributions_name])):
+            if stage.consumer is not None:
+                lags.update(await worker_metrics.measure_lag(stage.consumer, topics))
         metrics.consumer_lag.set(lags)
 
     @app.task

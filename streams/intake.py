@@ -1,21 +1,27 @@
-"""The raw topics, read by the worker itself rather than through a Faust agent.
+"""Topics read by the worker itself rather than through a Faust agent: the raw
+topics (ingest) and the KPI contributions (the KPI stage).
 
-Ingest's checkpoints (streams/eventtime.py ``SourceState``: next offset, watermark,
-recent event ids) are the authority on where each raw partition resumes. Read
-through a Faust agent, the consumer position was Faust's: it commits offsets of
-messages it has buffered for ``take_events`` but the agent never handled, so a
-worker killed mid-batch left a gap that its successor had to seek back over, and a
-seek racing Faust's fetch loop could be undone (Faust drops re-fetched messages
-below the read offset it has already passed). Decisions downstream then waited
-on, or ran ahead of, a source that was not where it claimed.
+The state kept per partition (for ingest, streams/eventtime.py ``SourceState``:
+next offset, watermark, recent event ids; for the KPI stage, the partition's
+buckets) is the authority on where each partition resumes. Read through a Faust
+agent, the consumer position was Faust's: it commits offsets of messages it has
+buffered for ``take_events`` but the agent never handled, so a worker killed
+mid-batch left a gap that its successor had to seek back over, and a seek racing
+Faust's fetch loop could be undone (Faust drops re-fetched messages below the
+read offset it has already passed). Decisions downstream then waited on, or ran
+ahead of, a source that was not where it claimed.
 
-Here a plain aiokafka consumer in its own group (``<app_id>.ingest``) owns the raw
-partitions: on assignment it restores the checkpoints of its new partitions and
-seeks each to its checkpointed next offset; a batch is handled, its outputs flushed
-and its checkpoint written under a lock that a revocation waits for; the group
-offset is committed after the checkpoint (for lag tools), never ahead of it.
-Nothing seeks while a fetch is in flight, so there is no race to lose. It also
-takes the raw intake off Faust's per-message hand-off (``getmany`` batches).
+Here a plain aiokafka consumer in its own group (``<app_id>.<purpose>``) owns the
+partitions: on assignment it restores the checkpoints of its new partitions (the
+latest value of each key of that partition of a compacted topic) and seeks each to
+its checkpointed next offset; a batch is handled, its outputs flushed and its
+checkpoint written under a lock that a revocation waits for; the group offset is
+committed after the checkpoint (for lag tools), never ahead of it. Nothing seeks
+while a fetch is in flight, so there is no race to lose. It also takes the hot
+path off Faust's per-message hand-off (``getmany`` batches) and, for the KPI
+stage, off Faust's changelogs: one checkpoint record per changed bucket per
+batch, batched like any output, instead of one changelog record per table write
+(one produce request each on the local broker).
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from touchstream.settings import Settings
 from touchstream.streams.checkpoints import CheckpointReadError, read_latest
-from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import RawMessage
 
 log = logging.getLogger(__name__)
@@ -49,27 +55,56 @@ class Batch:
 Handler = Callable[[Batch], Awaitable[None]]
 
 
+class PartitionState(Protocol):
+    """What the intake needs of a partition's state: where it resumes."""
+
+    @property
+    def next_offset(self) -> int: ...
+
+
+State = TypeVar("State", bound=PartitionState)
+# A partition's state from its checkpoint records (key -> latest value, None for
+# a tombstone; empty for a partition never checkpointed).
+Restore = Callable[[TopicPartition, dict[str, bytes | None]], State]
+
+
 def source_of(tp: TopicPartition) -> str:
     return f"{tp.topic}:{tp.partition}"
 
 
-class Intake(ConsumerRebalanceListener):
-    """Batches of raw messages, in offset order per partition, each handed to
+class Intake(ConsumerRebalanceListener, Generic[State]):
+    """Batches of messages, in offset order per partition, each handed to
     ``handler`` (which flushes its outputs and checkpoints ``states``) under the
-    lock that a rebalance waits for."""
+    lock that a rebalance waits for.
 
-    def __init__(self, settings: Settings, topics: Collection[str], handler: Handler) -> None:
+    ``states`` is keyed by ``topic:partition``; a partition's checkpoint records are
+    in the same partition of ``state_topic``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        purpose: str,
+        topics: Collection[str],
+        handler: Handler,
+        state_topic: str,
+        restore: Restore[State],
+    ) -> None:
         self._settings = settings
+        self._purpose = purpose
         self._topics = sorted(topics)
         self._handler = handler
-        self.states: dict[str, SourceState] = {}
+        self._state_topic = state_topic
+        self._restore_state = restore
+        self.states: dict[str, State] = {}
         self.lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        # Partitions assigned and not revoked since: what this worker may act on.
+        self.owned: set[TopicPartition] = set()
 
     @property
     def group_id(self) -> str:
-        return f"{self._settings.streams.app_id}.ingest"
+        return f"{self._settings.streams.app_id}.{self._purpose}"
 
     @property
     def consumer(self) -> AIOKafkaConsumer | None:
@@ -86,7 +121,7 @@ class Intake(ConsumerRebalanceListener):
         consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap_servers,
             group_id=self.group_id,
-            client_id=f"{streams.app_id}-ingest",
+            client_id=f"{streams.app_id}-{self._purpose}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,
@@ -109,14 +144,17 @@ class Intake(ConsumerRebalanceListener):
         # The batch at hand is finished (outputs flushed, checkpointed) before the
         # partitions go to another worker.
         async with self.lock:
-            pass
+            self.owned.difference_update(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.lock:
+            self.owned = set(assigned)
             try:
                 await self._restore(set(assigned))
             except Exception:  # noqa: BLE001 - restored again before its first batch
-                log.exception("restoring ingest checkpoints failed; retried on the first batch")
+                log.exception(
+                    "restoring %s checkpoints failed; retried on the first batch", self._purpose
+                )
                 return
             consumer = self._consumer
             for tp in assigned:
@@ -134,8 +172,7 @@ class Intake(ConsumerRebalanceListener):
         missing = {tp.partition for tp in owned if source_of(tp) not in self.states}
         if not missing:
             return
-        lateness = self._settings.streams.allowed_lateness_s
-        topic = self._settings.topic("ingest_state")
+        topic = self._state_topic
         found: dict[int, dict[str, bytes | None]] = {}
         for attempt in range(1, RESTORE_ATTEMPTS + 1):
             try:
@@ -148,9 +185,7 @@ class Intake(ConsumerRebalanceListener):
         for tp in owned:
             source = source_of(tp)
             if source not in self.states:
-                self.states[source] = SourceState.restore(
-                    source, lateness, found.get(tp.partition, {})
-                )
+                self.states[source] = self._restore_state(tp, found.get(tp.partition, {}))
 
     async def run(self) -> None:
         """Until :meth:`stop`; raises what the handler raises."""
@@ -165,7 +200,7 @@ class Intake(ConsumerRebalanceListener):
                     timeout_ms=timeout_ms, max_records=streams.batch_size
                 )
             except KafkaError as exc:  # the consumer retries; say so and go on
-                log.warning("raw intake: %r", exc)
+                log.warning("%s intake: %r", self._purpose, exc)
                 await asyncio.sleep(0.5)
                 continue
             if not fetched:
@@ -200,4 +235,4 @@ class Intake(ConsumerRebalanceListener):
             try:
                 await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
             except (KafkaError, TimeoutError) as exc:  # a rebalance: the checkpoints rule
-                log.info("raw intake: commit skipped (%r)", exc)
+                log.info("%s intake: commit skipped (%r)", self._purpose, exc)

@@ -57,11 +57,12 @@ create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_EVENTS:-touchstream.outcome-event
 # Ingest checkpoints (dedup ids, watermarks, offsets per raw partition): state,
 # so compacted and kept forever like the changelogs.
 create "${PREFIX}${TOUCHSTREAM_TOPICS__INGEST_STATE:-touchstream.ingest-state.v1}" compact -1
+# KPI stage checkpoints (buckets, next offset per contributions partition): state too.
+create "${PREFIX}${TOUCHSTREAM_TOPICS__KPI_STATE:-touchstream.kpi-state.v1}" compact -1
 
 # Faust table changelogs (named <app id>-<table>-changelog by Faust): the tables'
 # state, compacted and kept forever (retention.ms=-1). A worker that takes over a
 # partition rebuilds the table from here.
-create "${APP_ID}-kpi-buckets-changelog" compact -1
 create "${APP_ID}-alert-slots-changelog" compact -1
 create "${APP_ID}-outcomes-changelog" compact -1
 
