@@ -27,6 +27,9 @@ from touchstream.streams.kpis import Contribution, merge, value_of
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
 Dirty = tuple[str, Window]
+# A changed bucket: (group, granularity, start). Windows are worked out once per
+# emission pass (:func:`windows_of`), not for every contribution.
+DirtyBucket = tuple[str, int, int]
 SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from it
 # Keys of the store that are not buckets (the agent's own bookkeeping, e.g. the
 # next contributions offset per partition) start with this; the aggregator skips them.
@@ -65,13 +68,18 @@ class KpiAggregator:
         finally:
             self._buckets = self._levels = None
 
-    def _bucket(self, key: str) -> Any:
+    def _bucket(self, key: str) -> dict[str, float] | None:
+        """A bucket's counts (without its source marks), memoised while reading."""
         cache = self._buckets
-        if cache is None:
-            return self.store.get(key)
-        if key not in cache:
-            cache[key] = self.store.get(key)
-        return cache[key]
+        if cache is not None and key in cache:
+            return cache[key]
+        value = self.store.get(key)
+        counts = (
+            {k: v for k, v in value.items() if not k.startswith(SOURCE_MARK)} if value else None
+        )
+        if cache is not None:
+            cache[key] = counts
+        return counts
 
     def _index(self) -> None:
         """Build the stock indexes from the store (at start and after recovery)."""
@@ -108,40 +116,46 @@ class KpiAggregator:
             levels[(name, at)] = level
         return level
 
-    def _stock_dirty(self, name: str, at: float) -> list[Dirty]:
-        """Windows whose denominator a delta of ``name`` at ``at`` changes."""
-        out: list[Dirty] = []
-        for group, granularity, start in self._readers[name]:
-            if granularity == DAY_S and self.with_daily:
-                windows = [Window(start, DAY_S)]
-            else:
-                windows = hopping(start, self.size_s, self.step_s)
-            out += [(group, w) for w in windows if w.start > at]
-        return out
+    def _stock_dirty(self, name: str, at: float) -> list[DirtyBucket]:
+        """Buckets with a window whose denominator a delta of ``name`` at ``at``
+        changes (a window starting after ``at``; the bucket's other windows are
+        emitted again unchanged)."""
+        return [reader for reader in self._readers[name] if reader[2] > at]
 
     def _key(self, group: str, granularity: int, start: int) -> str:
         return f"{group}|{granularity}|{start}"
 
-    def add(self, contribution: Contribution) -> list[Dirty]:
-        """Apply one contribution; returns the windows whose value changed (none
-        for a replay)."""
+    def add(self, contribution: Contribution) -> list[DirtyBucket]:
+        """Apply one contribution; returns the buckets whose windows changed (none
+        for a replay): :meth:`windows_of` gives the windows."""
         group = contribution.group
         counts = dict(contribution.counts)
         mark = (SOURCE_MARK + contribution.source, contribution.offset)
         bucket = bucket_of(contribution.at, self.step_s)
         if not self._indexed:
             self._index()
-        dirty: list[Dirty] = []
+        dirty: list[DirtyBucket] = []
         if self._bump(self._key(group, self.step_s, bucket), counts, mark):
-            dirty += [(group, w) for w in hopping(contribution.at, self.size_s, self.step_s)]
+            dirty.append((group, self.step_s, bucket))
             for name in STOCK_GROUP:
                 if name in counts:
                     dirty += self._stock_dirty(name, contribution.at)
         if self.with_daily:
             day = daily(contribution.at)
             if self._bump(self._key(group, DAY_S, day.start), counts, mark):
-                dirty.append((group, day))
+                dirty.append((group, DAY_S, day.start))
         return dirty
+
+    def windows_of(self, buckets: Iterable[DirtyBucket]) -> set[Dirty]:
+        """The windows of some buckets: a day bucket's day, a step bucket's hopping
+        windows."""
+        out: set[Dirty] = set()
+        for group, granularity, start in set(buckets):
+            if granularity == DAY_S and self.with_daily:
+                out.add((group, Window(start, DAY_S)))
+            else:
+                out.update((group, w) for w in hopping(start, self.size_s, self.step_s))
+        return out
 
     def _bump(self, key: str, counts: dict[str, float], mark: tuple[str, int]) -> bool:
         # Read-modify-write of a fresh dict: a Faust table only logs assignments.
@@ -166,7 +180,7 @@ class KpiAggregator:
         total: dict[str, float] = {}
         for bucket in buckets:
             if bucket:
-                merge(total, {k: v for k, v in bucket.items() if not k.startswith(SOURCE_MARK)})
+                merge(total, bucket)
         return total
 
     def update(self, group: str, window: Window, version: int, now: datetime) -> KpiUpdate:
@@ -194,22 +208,18 @@ class KpiAggregator:
             updated_at=now,
         )
 
-    def all_windows(self) -> Iterable[Dirty]:
-        """Every window with state (used after recovery to re-emit everything)."""
-        seen: set[Dirty] = set()
+    def all_buckets(self) -> list[DirtyBucket]:
+        """Every bucket with state (after a restore, to emit everything again)."""
+        out: list[DirtyBucket] = []
         for key in list(self.store.keys()):
-            if key.startswith(META_PREFIX):
-                continue
-            kpi, channel, touchpoint, granularity, start = key.split("|")
-            group = f"{kpi}|{channel}|{touchpoint}"
-            if int(granularity) == DAY_S and self.with_daily:
-                windows = [Window(int(start), DAY_S)]
-            else:
-                windows = hopping(int(start), self.size_s, self.step_s)
-            for window in windows:
-                if (group, window) not in seen:
-                    seen.add((group, window))
-                    yield group, window
+            if not key.startswith(META_PREFIX):
+                group, granularity, start = key.rsplit("|", 2)
+                out.append((group, int(granularity), int(start)))
+        return out
+
+    def all_windows(self) -> set[Dirty]:
+        """Every window with state."""
+        return self.windows_of(self.all_buckets())
 
 
 # The checkpoint key of a partition's next contributions offset.
@@ -259,14 +269,14 @@ class KpiPartition:
         self.buckets.taken()
         self.aggregator = KpiAggregator(self.buckets, size_s, step_s, with_daily)
 
-    def fold(self, offset: int, value: bytes | None) -> tuple[list[Dirty], int]:
-        """A bundle at ``offset``: the windows it changed, and how many of its
+    def fold(self, offset: int, value: bytes | None) -> tuple[list[DirtyBucket], int]:
+        """A bundle at ``offset``: the buckets it changed, and how many of its
         contributions were replays (already counted). A bundle before the next
         offset was folded already: nothing."""
         if offset < self.next_offset:
             return [], 0
         body = json.loads(value or b"{}")
-        dirty: list[Dirty] = []
+        dirty: list[DirtyBucket] = []
         replays = 0
         for item in body["contributions"]:  # written by ingest only: a bad one is a bug
             kpi, channel, touchpoint = item["group"].split("|")

@@ -24,7 +24,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import ExitStack
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -37,7 +36,7 @@ from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
-from touchstream.streams.aggregate import META_PREFIX, Dirty, KpiPartition
+from touchstream.streams.aggregate import META_PREFIX, DirtyBucket, KpiPartition
 from touchstream.streams.alerts import (
     Closing,
     on_closed,
@@ -316,7 +315,7 @@ def create_app(
             lambda store: OutcomeTracker(streams.abandonment_timeout_s, store=store),
         )
 
-    dirty: set[Dirty] = set()
+    dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
 
     async def crashed(agent: Any, exc: BaseException) -> None:
         metrics.agent_crashes.labels(getattr(agent, "name", "agent")).inc()
@@ -506,7 +505,7 @@ def create_app(
         part = KpiPartition(
             streams.window_size_s, streams.window_step_s, streams.daily_window, records
         )
-        dirty.update(part.aggregator.all_windows())
+        dirty.update(part.aggregator.all_buckets())
         return part
 
     async def fold_contributions(batch: Batch) -> None:
@@ -741,7 +740,7 @@ def create_app(
         # Under the KPI stage's lock: between batches, so what goes out is
         # checkpointed (a successor never emits a window older than this).
         async with kpi_intake.lock:
-            pending = sorted(dirty)
+            buckets = list(dirty)
             dirty.clear()
             now = utcnow()
             version = time.time_ns()
@@ -752,16 +751,19 @@ def create_app(
                 for tp in kpi_intake.owned
                 if source_of(tp) in kpi_intake.states
             }
-            with ExitStack() as reads:  # each bucket and stock level read once per pass
-                for part in parts.values():
-                    reads.enter_context(part.aggregator.reading())
-                for group, window in pending:
-                    owner = parts.get(contribution_partition(group))
-                    if owner is None:
-                        continue
-                    update = owner.aggregator.update(group, window, version, now)
-                    if update.counts:
-                        updates.append((update, window))
+            by_partition: dict[int, list[DirtyBucket]] = {}
+            for bucket in buckets:
+                by_partition.setdefault(contribution_partition(bucket[0]), []).append(bucket)
+            for partition, changed in sorted(by_partition.items()):
+                owner = parts.get(partition)
+                if owner is None:
+                    continue
+                aggregator = owner.aggregator
+                with aggregator.reading():  # each bucket and stock level read once per pass
+                    for group, window in sorted(aggregator.windows_of(changed)):
+                        update = aggregator.update(group, window, version, now)
+                        if update.counts:
+                            updates.append((update, window))
         for update, window in updates:
             await outputs.send(
                 kpis_name,

@@ -56,7 +56,7 @@ def world(ch: Any) -> dict[str, Any]:
                 score,
             ):
                 dirty.update(aggregator.add(c))
-    for group, window in dirty:
+    for group, window in aggregator.windows_of(dirty):
         send("kp", aggregator.update(group, window, 1, NOW).model_dump_json().encode())
     book = AlertBook(sla_s=86_400)
     alerts = []

@@ -35,11 +35,14 @@ def test_hourly_windows_sum_their_buckets() -> None:
     assert round(day.value or 0, 4) == round(100 / 3, 4)
 
 
-def test_add_reports_the_windows_it_changed() -> None:
+def test_add_reports_the_buckets_it_changed_and_their_windows() -> None:
     agg = KpiAggregator({}, 3600, 300)
-    changed = set()
+    buckets = set()
     for c in contributions("nps_response", "web", "delivery", T0 + 10, 10):
-        changed.update(agg.add(c))
+        buckets.update(agg.add(c))
+    assert ("nps|web|delivery", 300, T0) in buckets
+    assert ("nps|web|delivery", DAY_S, T0 - 9 * 3600) in buckets
+    changed = agg.windows_of(buckets)
     web = {w for g, w in changed if g == "nps|web|delivery"}
     assert len(web) == 13  # 12 hourly windows + the day
     assert Window(T0, 3600) in web and Window(T0 - 3300, 3600) in web
@@ -162,7 +165,7 @@ def test_a_partition_folds_bundles_in_offset_order_and_checkpoints_what_changed(
     part = KpiPartition(3600, 300)
     dirty, replays = part.fold(0, BUNDLES[0])
     assert replays == 0 and part.next_offset == 1
-    assert {g for g, _ in dirty} == {"nps|web|delivery", "nps|web|checkout", "nps|all|all"}
+    assert {g for g, _, _ in dirty} == {"nps|web|delivery", "nps|web|checkout", "nps|all|all"}
     records = part.checkpoint()
     assert records[-1] == (NEXT_KEY, b"1")  # the next offset last
     keys = [key for key, _ in records[:-1]]

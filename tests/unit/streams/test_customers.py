@@ -97,12 +97,12 @@ def test_the_denominator_is_the_stock_at_the_window_start() -> None:
         aggregator.add(Contribution("churn", "all", "all", at, (("active_delta", delta),)))
     dirty = aggregator.add(Contribution("churn", "web", "home", 5000.0, (("churned", 1.0),)))
     window = Window(3900, 3600)  # starts after the first two activations
-    assert ("churn|web|home", window) in dirty
+    assert ("churn|web|home", window) in aggregator.windows_of(dirty)
     update = aggregator.update("churn|web|home", window, 1, NOW)
     assert (update.numerator, update.denominator, update.value) == (1.0, 2.0, 0.5)
     # A later activation before that window's start re-emits it with a new stock.
     again = aggregator.add(Contribution("churn", "all", "all", 3000.0, (("active_delta", 1.0),)))
-    assert ("churn|web|home", window) in again
+    assert ("churn|web|home", window) in aggregator.windows_of(again)
     assert aggregator.update("churn|web|home", window, 2, NOW).denominator == 3.0
 
 
