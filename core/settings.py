@@ -165,6 +165,10 @@ class Topics(BaseModel):
         default="touchstream.kpi-state.v1",
         description="internal, compacted: KPI buckets and offsets per contributions partition",
     )
+    outcome_state: str = Field(
+        default="touchstream.outcome-state.v1",
+        description="internal, compacted: checkouts, carts, customers per outcome partition",
+    )
 
 
 class ClickHouseSettings(BaseModel):

@@ -24,6 +24,7 @@ from typing import Any
 from touchstream.schemas import KpiUpdate
 from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
 from touchstream.streams.kpis import Contribution, merge, value_of
+from touchstream.streams.state import NEXT_KEY, Changes
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
 Dirty = tuple[str, Window]
@@ -222,26 +223,6 @@ class KpiAggregator:
         return self.windows_of(self.all_buckets())
 
 
-# The checkpoint key of a partition's next contributions offset.
-NEXT_KEY = f"{META_PREFIX}next"
-
-
-class _Changes(dict[str, Any]):
-    """A dict that remembers the keys assigned since :meth:`taken`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed: set[str] = set()
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.changed.add(key)
-
-    def taken(self) -> list[str]:
-        keys, self.changed = sorted(self.changed), set()
-        return keys
-
-
 class KpiPartition:
     """One contributions partition: its buckets, the offset of the next bundle to
     fold, and its checkpoint (each bucket changed since the last one, then the
@@ -259,7 +240,7 @@ class KpiPartition:
         with_daily: bool = True,
         records: Mapping[str, bytes | None] | None = None,
     ) -> None:
-        self.buckets = _Changes()
+        self.buckets = Changes()
         self.next_offset = 0
         for key, value in (records or {}).items():
             if key == NEXT_KEY:

@@ -48,8 +48,6 @@ from touchstream.streams.alerts import (
 )
 from touchstream.streams.customers import (
     STOCK_KEY,
-    AnonymousBook,
-    CustomerBook,
     anonymous_touch_of,
     link_of,
     touch_of,
@@ -60,17 +58,16 @@ from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.kpis import Contribution
+from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
     KINDS,
     Op,
-    OutcomeTracker,
     apply,
     combined_watermark,
     decision_contributions,
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, partition_of
-from touchstream.streams.state import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +211,6 @@ def create_app(
 
     raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
     alert_events = raw_topic(settings.topic("alert_events"))
-    outcome_events = raw_topic(settings.topic("outcome_events"))
     # Everything but table changelogs goes out through the batching producer.
     outputs = Outputs(settings)
     events_name, dead_letters_name = settings.topic("events"), settings.topic("dead_letters")
@@ -224,10 +220,12 @@ def create_app(
     outcome_events_name = settings.topic("outcome_events")
     ingest_state_name = settings.topic("ingest_state")
     kpi_state_name = settings.topic("kpi_state")
+    outcome_state_name = settings.topic("outcome_state")
 
     async def stop_outputs(app: faust.App, **_: Any) -> None:
         await intake.stop()  # its batch at hand finishes first
         await kpi_intake.stop()
+        await outcome_intake.stop()
         await outputs.stop()
 
     app.on_before_shutdown.connect(stop_outputs)  # type: ignore[arg-type]
@@ -241,80 +239,6 @@ def create_app(
         key_type=str,
         # no value_type: values are plain JSON (value_type=dict breaks recovery)
     )
-    # Everything the outcomes agent keeps, in ONE table (keys prefixed by what they
-    # are), so its changelog is one ordered log per partition: the entities and
-    # customers a message changed, the progress marks, and last the offset of that
-    # message ("offset|<partition>"). A message at or below that offset is a
-    # replay whose effects the table already holds: skipped. Without it, a
-    # successor restored the state *after* messages it then replayed, took new
-    # decisions at the older offsets, and numbered them below contributions the
-    # KPI agent had already counted, which dropped them as replays.
-    outcome_table = app.Table(
-        "outcomes",
-        default=None,
-        partitions=kafka.partitions,
-        key_type=str,
-        # no value_type: values are plain JSON (value_type=dict breaks recovery)
-    )
-    trackers: dict[tuple[str, int], OutcomeTracker] = {}
-    books: dict[int, CustomerBook] = {}
-    anonymous_books: dict[int, AnonymousBook] = {}
-    # Per outcome partition, its write-behind stores (marks, trackers, book):
-    # applied once the decisions of the message at hand are flushed.
-    partition_stores: dict[int, dict[str, PartitionStore]] = {}
-
-    def store_of(partition: int, prefix: str) -> PartitionStore:
-        stores = partition_stores.setdefault(partition, {})
-        found = stores.get(prefix)
-        if found is None:
-            found = stores[prefix] = PartitionStore(outcome_table, partition, prefix)
-        return found
-
-    def marks(partition: int) -> PartitionStore:
-        return store_of(partition, f"mark|{partition}")
-
-    def rebuilt(
-        cache: dict[Any, Rebuildable],
-        key: Any,
-        partition: int,
-        prefix: str,
-        make: Callable[[PartitionStore], Rebuildable],
-    ) -> Rebuildable:
-        """The state object of a partition's prefix, made and rebuilt from the
-        table on first use."""
-        found = cache.get(key)
-        if found is None:
-            found = cache[key] = make(store_of(partition, prefix))
-            found.rebuild()
-        return found
-
-    def book(partition: int) -> CustomerBook:
-        return rebuilt(
-            books,
-            partition,
-            partition,
-            "customer",
-            lambda store: CustomerBook(store, streams.churn_horizon_s),
-        )
-
-    def anonymous_book(partition: int) -> AnonymousBook:
-        return rebuilt(
-            anonymous_books,
-            partition,
-            partition,
-            "anonymous",
-            lambda store: AnonymousBook(store, streams.churn_horizon_s),
-        )
-
-    def tracker(kind: str, partition: int) -> OutcomeTracker:
-        return rebuilt(
-            trackers,
-            (kind, partition),
-            partition,
-            kind,
-            lambda store: OutcomeTracker(streams.abandonment_timeout_s, store=store),
-        )
-
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
 
     async def crashed(agent: Any, exc: BaseException) -> None:
@@ -555,35 +479,45 @@ def create_app(
         for partition in range(kafka.partitions)
     ]
 
-    outcome_order = InOrder(settings, "touchstream.outcomes")
+    def restore_outcomes(tp: Any, records: dict[str, bytes | None]) -> OutcomePartition:
+        return OutcomePartition(
+            tp.partition, streams.abandonment_timeout_s, streams.churn_horizon_s, records
+        )
 
-    @app.agent(outcome_events, name="touchstream.outcomes")
-    async def outcome_agent(stream: faust.StreamT) -> None:
-        # One at a time: decisions write the tables for the partition at hand.
-        # In offset order per partition (streams/delivery.py): a replay is skipped
-        # (the table holds its effects), a gap is read and handled first.
-        async for event in stream.events():
-            partition = event.message.partition
-            done = outcome_table.get(f"offset|{partition}")
-            records = await outcome_order.records(event, None if done is None else int(done) + 1)
-            if not records:
-                metrics.replayed_outcomes.inc()
-            for record in records:
-                await handle_outcome(partition, record.offset, record.value or b"{}")
+    async def handle_outcomes(batch: Batch) -> None:
+        """A batch of outcome messages, each partition's in offset order: their
+        decisions sent and flushed, then each partition's checkpoint (the state
+        after the batch, and the next offset), flushed."""
+        parts = outcome_intake.states
+        handled: set[str] = set()
+        for message in batch.messages:
+            source = f"{message.topic}:{message.partition}"
+            part = parts[source]
+            if message.offset < part.next_offset:
+                metrics.replayed_outcomes.inc()  # read again after a restore
+                continue
+            await handle_outcome(part, message.offset, message.value or b"{}")
+            handled.add(source)
+        await outputs.flush()  # everything out before the state says done
+        for source in sorted(handled):
+            partition = int(source.rsplit(":", 1)[1])
+            for key, value in parts[source].checkpoint():
+                await outputs.send(outcome_state_name, value, key=key.encode(), partition=partition)
+        await outputs.flush()
 
-    async def handle_outcome(partition: int, offset: int, value: bytes) -> None:
+    async def handle_outcome(part: OutcomePartition, offset: int, value: bytes) -> None:
         body = json.loads(value)
         merged: list[Contribution] = []  # late stitched interactions' changes
         stitched: dict[str, list[Any]] = {}  # customer → touches of anonymous ids
         if "marks" in body:
             for source, mark in body["marks"].items():
-                marks(partition)[source] = mark
+                part.marks[source] = mark
         elif not BUNDLE_PARTS_SET.isdisjoint(body):  # a bundle (or one part of it)
             for op in body.get("ops", ()):
-                apply(tracker(op["kind"], partition), Op(**op))
+                apply(part.trackers[op["kind"]], Op(**op))
             for customer_id, touches in body.get("customers", {}).items():
-                merged.extend(book(partition).add(customer_id, touches))
-            anonymous = anonymous_book(partition)
+                merged.extend(part.book.add(customer_id, touches))
+            anonymous = part.anonymous
             forwards = [
                 *(
                     forward
@@ -599,17 +533,16 @@ def create_app(
             for customer_id, touches in forwards:
                 stitched.setdefault(customer_id, []).extend(touches)
         elif "customer" in body:  # one customer (before bundles)
-            merged.extend(book(partition).add(body["customer"], body["touches"]))
+            merged.extend(part.book.add(body["customer"], body["touches"]))
         else:  # one step (before bundles)
-            apply(tracker(body["kind"], partition), Op(**body))
-        sent = await send_stitched(stitched)
-        watermark = combined_watermark([marks(partition).get(source) for source in outcome_sources])
-        await decide(partition, offset, watermark, merged, sent)
-        for store in partition_stores.get(partition, {}).values():
-            store.apply()  # after the decisions are out (PartitionStore)
-        outcome_table[f"offset|{partition}"] = offset  # last: after its effects
+            apply(part.trackers[body["kind"]], Op(**body))
+        await send_stitched(stitched)
+        watermark = combined_watermark([part.marks.get(source) for source in outcome_sources])
+        await decide(part, offset, watermark, merged)
+        part.apply()  # after the decisions are sent (flushed with the batch)
+        part.next_offset = offset + 1
 
-    async def send_stitched(stitched: dict[str, list[Any]]) -> bool:
+    async def send_stitched(stitched: dict[str, list[Any]]) -> None:
         """Anonymous ids' touches to their customers' outcome partitions (sent before
         the anonymous ids' state is applied, with the decisions' flush; a replay
         sends them again, which the customers' books take as replays)."""
@@ -620,22 +553,20 @@ def create_app(
         for target, customers in sorted(bundles.items()):
             await send_outcome_bundle(target, {"customers": customers})
         metrics.stitched_touches.inc(sum(len(t) for t in stitched.values()))
-        return bool(bundles)
 
     async def decide(
-        partition: int,
+        part: OutcomePartition,
         offset: int,
         watermark: float | None,
         merged: list[Contribution],
-        sent: bool,
     ) -> None:
         """What a message changed in an outcome partition (stitched interactions
         merged behind the watermark, then the decisions the watermark settles),
-        sent, and everything this message sent flushed."""
+        sent."""
         # Contributions from this message are numbered from its offset, so a
-        # replay of it after a restart is recognised by the KPI agent.
+        # replay of it after a restart is recognised by the KPI stage.
         n = offset * 1_000_000
-        source = f"outcomes:{partition}"
+        source = f"outcomes:{part.partition}"
         out: list[Contribution] = []
         for contribution in merged:
             out.append(replace(contribution, source=source, offset=n))
@@ -643,27 +574,26 @@ def create_app(
         if watermark is not None:
             settled = watermark - streams.allowed_lateness_s
             for kind in KINDS:
-                for decision in tracker(kind, partition).decide(settled):
+                for decision in part.trackers[kind].decide(settled):
                     for contribution in decision_contributions(kind, decision):
                         out.append(replace(contribution, source=source, offset=n))
                     n += 1
-            for contribution in book(partition).decide(settled):
+            for contribution in part.book.decide(settled):
                 out.append(replace(contribution, source=source, offset=n))
                 n += 1
-            anonymous_book(partition).expire(settled)
+            part.anonymous.expire(settled)
         if out:
             await send_contributions(out)
-        if out or sent:
-            await outputs.flush()  # everything out before the tables say done
 
-    @outcome_table.on_recover
-    async def outcomes_recovered() -> None:
-        for tracked in trackers.values():
-            tracked.rebuild()
-        for found in books.values():
-            found.rebuild()
-        for anonymous in anonymous_books.values():
-            anonymous.rebuild()
+    outcome_intake: Intake[OutcomePartition] = Intake(
+        settings,
+        "outcomes",
+        [outcome_events_name],
+        handle_outcomes,
+        outcome_state_name,
+        restore_outcomes,
+    )
+    app.early_tasks = (*app.early_tasks, run("touchstream.outcomes", outcome_intake))
 
     async def emit_alert(alert: Any) -> None:
         await outputs.send(
@@ -774,12 +704,16 @@ def create_app(
             metrics.kpis.observe(update)
         await outputs.flush()
 
-    lag_topics = {t for topic in (outcome_events, alert_events) for t in topic.topics}
+    lag_topics = set(alert_events.topics)
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:
         lags = await worker_metrics.measure_lag(app.consumer, lag_topics)
-        for stage, topics in ((intake, raw_topics), (kpi_intake, [contributions_name])):
+        for stage, topics in (
+            (intake, raw_topics),
+            (kpi_intake, [contributions_name]),
+            (outcome_intake, [outcome_events_name]),
+        ):
             if stage.consumer is not None:
                 lags.update(await worker_metrics.measure_lag(stage.consumer, topics))
         metrics.consumer_lag.set(lags)

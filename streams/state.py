@@ -1,10 +1,13 @@
-"""State helpers for agents that keep their state in a Faust table: writes that
-wait for the outputs they lead to (:class:`WriteBehind`), and one partition's
-share of a table shared by many kinds of state (:class:`PartitionStore`)."""
+"""State helpers: writes that wait for the outputs they lead to
+(:class:`WriteBehind`), one kind of state inside a store shared by many
+(:class:`PartitionStore`), and a partition's state checkpointed to a compacted
+topic after each batch so that a successor restores it after exactly one batch
+(:class:`BatchState`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import json
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 Entity = dict[str, Any]
@@ -99,3 +102,138 @@ class PartitionStore(MutableMapping[str, Entity]):
     def apply(self) -> None:
         """Write the overlay to the underlying store."""
         self._overlay.apply()
+
+
+# Checkpoint keys that are not state (state keys never start with "#").
+NEXT_KEY = "#next"  # the next offset to read: every message before it is in the state
+PENDING_PREFIX = "#pending|"  # a batch's whole write set, before its key records
+PENDING_CHUNK_BYTES = 256_000  # a part of that write set per record (brokers take 1 MB)
+
+
+class Changes(dict[str, Any]):
+    """A dict that remembers the keys written or deleted since :meth:`taken`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.changed.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.changed.add(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.changed.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        self.changed.add(key)
+        return key, value
+
+    def clear(self) -> None:
+        self.changed.update(self)
+        super().clear()
+
+    def taken(self) -> list[str]:
+        keys, self.changed = sorted(self.changed), set()
+        return keys
+
+
+class BatchState:
+    """A partition's state (JSON values under string keys) and the offset of the
+    next message to read, checkpointed after each batch to the partition of a
+    compacted topic, so that a successor resumes from the state after exactly one
+    batch, never from part of one.
+
+    A checkpoint is: the batch's whole write set in ``#pending|<i>`` records (one
+    record, or a few of at most PENDING_CHUNK_BYTES, each naming the batch's next
+    offset and how many parts there are), then one record per key written (a
+    tombstone for a deleted one) so the topic compacts to the state, then
+    ``#next``. Records of one partition are kept in order, so a worker killed while
+    writing it leaves either an incomplete ``#pending`` set and no key of the batch
+    (ignored), or all of ``#pending`` and some keys (rolled forward from
+    ``#pending``). Restored ahead of its next offset, a state would take the
+    batch's messages again on top of their own effects."""
+
+    def __init__(self, records: Mapping[str, bytes | None] | None = None) -> None:
+        self.store = Changes()
+        self.next_offset = 0
+        found = dict(records or {})
+        head = found.get(NEXT_KEY)
+        if head is not None:
+            self.next_offset = int(json.loads(head))
+        for key, value in found.items():
+            if value is not None and not key.startswith("#"):
+                self.store[key] = json.loads(value)
+        pending = self._pending(found)
+        if pending is not None:
+            self.next_offset, writes = pending
+            for key, value in writes.items():
+                if value is None:
+                    self.store.pop(key, None)
+                else:
+                    self.store[key] = value
+        self.store.taken()
+
+    def _pending(self, found: Mapping[str, bytes | None]) -> tuple[int, dict[str, Any]] | None:
+        """The write set of a batch whose checkpoint was cut short, if complete."""
+        parts = [
+            json.loads(value)
+            for key, value in found.items()
+            if key.startswith(PENDING_PREFIX) and value is not None
+        ]
+        ahead = [part for part in parts if int(part["next"]) > self.next_offset]
+        if not ahead:
+            return None
+        target = max(int(part["next"]) for part in ahead)
+        mine = {int(p["part"]): p for p in ahead if int(p["next"]) == target}
+        total = int(next(iter(mine.values()))["parts"])
+        if sorted(mine) != list(range(total)):
+            return None  # cut short while writing the write set: none of its keys went out
+        writes: dict[str, Any] = {}
+        for index in range(total):
+            writes.update(mine[index]["writes"])
+        return target, writes
+
+    def checkpoint(self) -> list[tuple[str, bytes | None]]:
+        """The records for what changed since the last checkpoint (see the class)."""
+        keys = self.store.taken()
+        next_record = (NEXT_KEY, json.dumps(self.next_offset).encode())
+        if not keys:
+            return [next_record]
+        writes = [(key, self.store.get(key)) for key in keys]
+        out: list[tuple[str, bytes | None]] = []
+        chunks = list(_chunks(writes))
+        for index, chunk in enumerate(chunks):
+            part = {"next": self.next_offset, "part": index, "parts": len(chunks), "writes": chunk}
+            out.append((f"{PENDING_PREFIX}{index}", json.dumps(part).encode()))
+        out += [(k, None if v is None else json.dumps(v).encode()) for k, v in writes]
+        out.append(next_record)
+        return out
+
+
+def _chunks(writes: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+    chunk: dict[str, Any] = {}
+    size = 0
+    for key, value in writes:
+        length = len(key) + len(json.dumps(value))
+        if chunk and size + length > PENDING_CHUNK_BYTES:
+            yield chunk
+            chunk, size = {}, 0
+        chunk[key] = value
+        size += length
+    yield chunk

@@ -59,12 +59,13 @@ create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_EVENTS:-touchstream.outcome-event
 create "${PREFIX}${TOUCHSTREAM_TOPICS__INGEST_STATE:-touchstream.ingest-state.v1}" compact -1
 # KPI stage checkpoints (buckets, next offset per contributions partition): state too.
 create "${PREFIX}${TOUCHSTREAM_TOPICS__KPI_STATE:-touchstream.kpi-state.v1}" compact -1
+# Outcome stage checkpoints (checkouts, carts, customers, next offset per partition).
+create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_STATE:-touchstream.outcome-state.v1}" compact -1
 
 # Faust table changelogs (named <app id>-<table>-changelog by Faust): the tables'
 # state, compacted and kept forever (retention.ms=-1). A worker that takes over a
 # partition rebuilds the table from here.
 create "${APP_ID}-alert-slots-changelog" compact -1
-create "${APP_ID}-outcomes-changelog" compact -1
 
 "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   | grep -E '^Topic:' || true

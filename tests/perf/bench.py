@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ from rich.progress import (
 from rich.table import Table
 
 from touchstream.kafka_admin import ensure_topics
-from touchstream.localbroker import LocalBroker
+from touchstream.localbroker import LocalBroker, free_port
 from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
 from touchstream.stack import Stack
@@ -247,6 +248,10 @@ class Bench:
 
     # -- helpers
 
+    def note_lag(self, sample: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k} {v:,}" for k, v in sample.items() if k not in ("t", "landed"))
+        self.console.log(f"drain {sample['t']:>6.1f} s, {sample['landed']:,} landed; lag: {shown}")
+
     def note(self, phase: str, *keys: str) -> None:
         """One line per finished phase (also when the output is not a terminal)."""
         shown = ", ".join(f"{k}={self.figures.get(k)}" for k in keys)
@@ -312,7 +317,8 @@ class Bench:
             data_dir=str(self.data_dir),
             kafka={"bootstrap_servers": self.bootstrap, "topic_prefix": f"b{self.uid}{tag}."},
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
-            metrics={"port": 0, "worker_port": 0},
+            # The worker's /metrics on a port of its own: the drain reads its lags.
+            metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
             streams={
                 "app_id": f"bench-{self.uid}-{tag}",
                 "one_record_batches": self.o.one_record_batches,
@@ -448,12 +454,18 @@ class Bench:
         first_at = all_at = kpis_at = None
         final: tuple[Any, ...] | None = None  # KPI state first seen final, and when
         count = 0
+        lags: list[dict[str, Any]] = []  # the worker's consumer lag per topic, every 5 s
         try:
             while True:
                 stack.check()
                 watch.sample()
                 count, overall, per_group = await asyncio.to_thread(_landed, client, db)
                 now = time.perf_counter()
+                if not lags or now - started - lags[-1]["t"] >= 5.0:
+                    lag = await asyncio.to_thread(worker_lags, self.s)
+                    if lag is not None:
+                        lags.append({"t": round(now - started, 1), "landed": count, **lag})
+                        self.note_lag(lags[-1])
                 self.progress.update(task, completed=count)
                 if count and first_at is None:
                     first_at = now
@@ -498,6 +510,7 @@ class Bench:
             if spy is not None:
                 self._stop_profiler(spy)
         end = time.perf_counter()
+        self.figures["drain_lag_timeline"] = lags
         complete = kpis_at is not None
         done = max(all_at or end, kpis_at or end)
         busy_until = all_at or end
@@ -833,6 +846,26 @@ class Bench:
             self.console.print(f"data and logs kept in {self.data_dir}")
         else:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def worker_lags(settings: Settings) -> dict[str, int] | None:
+    """The worker's consumer lag (records not read yet) per topic, from its /metrics
+    (the topic prefix left out); None while it does not answer."""
+    url = f"http://127.0.0.1:{settings.metrics.worker_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our loopback
+            text = response.read().decode()
+    except OSError:
+        return None
+    name = f"{settings.metrics.namespace}_worker_consumer_lag{{"
+    prefix = settings.kafka.topic_prefix
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            labels, _, value = line.rpartition(" ")
+            topic = labels.split('topic="', 1)[1].split('"', 1)[0].removeprefix(prefix)
+            out[topic] = out.get(topic, 0) + int(float(value))
+    return out
 
 
 def _landed(client: Any, db: str) -> tuple[int, dict[str, int], dict[str, int]]:

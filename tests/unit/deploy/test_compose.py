@@ -336,7 +336,7 @@ def test_the_topics_job_follows_prefix_partitions_and_app_id(tmp_path: Path) -> 
     }
     created = {topic["name"]: topic for topic in run_topics_script(env, tmp_path)}
     assert set(created) == set(worker_topics(load_settings(env)))
-    assert "shop1.orders.v2" in created and "cx-outcomes-changelog" in created
+    assert "shop1.orders.v2" in created and "cx-alert-slots-changelog" in created
     assert {t["partitions"] for t in created.values()} == {6}
     assert {t["config"]["min.insync.replicas"] for t in created.values()} == {"1"}
 

@@ -4,8 +4,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from touchstream.streams.aggregate import NEXT_KEY, KpiAggregator, KpiPartition
+from touchstream.streams.aggregate import KpiAggregator, KpiPartition
 from touchstream.streams.kpis import Contribution, contributions
+from touchstream.streams.state import NEXT_KEY
 from touchstream.streams.windows import DAY_S, Window, buckets_of_window
 
 T0 = int(datetime(2026, 11, 2, 9, 0, tzinfo=UTC).timestamp())

@@ -1,0 +1,47 @@
+"""One partition of the outcome events, as the outcome stage keeps it: checkout
+and cart trackers, the customer book, the anonymous ids' book and the progress
+marks of the raw sources, in one :class:`BatchState` (checkpointed to the
+compacted outcome-state topic after each batch; keys prefixed by what they are,
+as :class:`PartitionStore` lays them out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from touchstream.streams.customers import AnonymousBook, CustomerBook
+from touchstream.streams.outcomes import KINDS, OutcomeTracker
+from touchstream.streams.state import BatchState, PartitionStore
+
+
+class OutcomePartition(BatchState):
+    def __init__(
+        self,
+        partition: int,
+        abandonment_timeout_s: float,
+        churn_horizon_s: float,
+        records: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.partition = partition
+        self._stores: list[PartitionStore] = []
+        self.trackers = {
+            kind: OutcomeTracker(abandonment_timeout_s, store=self._store(kind)) for kind in KINDS
+        }
+        self.book = CustomerBook(self._store("customer"), churn_horizon_s)
+        self.anonymous = AnonymousBook(self._store("anonymous"), churn_horizon_s)
+        self.marks = self._store(f"mark|{partition}")
+        for tracker in self.trackers.values():
+            tracker.rebuild()
+        self.book.rebuild()
+        self.anonymous.rebuild()
+
+    def _store(self, prefix: str) -> PartitionStore:
+        store = PartitionStore(self.store, self.partition, prefix)
+        self._stores.append(store)
+        return store
+
+    def apply(self) -> None:
+        """The writes of the message at hand, into the state (after its decisions
+        were sent: :class:`PartitionStore`)."""
+        for store in self._stores:
+            store.apply()

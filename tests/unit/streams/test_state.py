@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from touchstream.streams import state as state_module
+from touchstream.streams.state import NEXT_KEY, PENDING_PREFIX, BatchState, Changes
+
+
+def test_changes_remember_every_way_a_key_is_written_or_deleted() -> None:
+    changes = Changes()
+    changes["a"] = 1
+    changes.update(b=2)
+    changes.setdefault("c", 3)
+    assert changes.taken() == ["a", "b", "c"]
+    assert changes.taken() == []
+    del changes["a"]
+    changes.pop("b")
+    changes.pop("absent", None)  # nothing was there: not a change
+    assert changes.taken() == ["a", "b"]
+    changes.clear()
+    assert changes.taken() == ["c"] and dict(changes) == {}
+
+
+def batches() -> list[dict[str, object]]:
+    """Three batches of writes (None deletes), each ending at a next offset."""
+    return [
+        {"next": 3, "writes": {"cart|1": {"n": 1}, "cart|2": {"n": 1}}},
+        {"next": 5, "writes": {"cart|1": {"n": 2}, "cart|2": None, "cart|3": {"n": 1}}},
+        {"next": 9, "writes": {"cart|3": {"n": 2}, "cart|4": {"n": 1}}},
+    ]
+
+
+def run(state: BatchState, batch: dict[str, object]) -> list[tuple[str, bytes | None]]:
+    writes = batch["writes"]
+    assert isinstance(writes, dict)
+    for key, value in writes.items():
+        if value is None:
+            del state.store[key]
+        else:
+            state.store[key] = value
+    next_offset = batch["next"]
+    assert isinstance(next_offset, int)
+    state.next_offset = next_offset
+    return state.checkpoint()
+
+
+def compacted(records: list[tuple[str, bytes | None]]) -> dict[str, bytes | None]:
+    """A compacted topic read back: the latest value per key."""
+    return dict(records)
+
+
+def test_a_checkpoint_is_the_write_set_then_each_key_then_the_next_offset() -> None:
+    state = BatchState()
+    run(state, batches()[0])
+    records = run(state, batches()[1])
+    assert records[0][0] == f"{PENDING_PREFIX}0"
+    part = json.loads(records[0][1] or b"")
+    assert part == {
+        "next": 5,
+        "part": 0,
+        "parts": 1,
+        "writes": {"cart|1": {"n": 2}, "cart|2": None, "cart|3": {"n": 1}},
+    }
+    assert records[1:] == [
+        ("cart|1", b'{"n": 2}'),
+        ("cart|2", None),  # a tombstone: compaction deletes the key
+        ("cart|3", b'{"n": 1}'),
+        (NEXT_KEY, b"5"),
+    ]
+    assert state.checkpoint() == [(NEXT_KEY, b"5")]  # nothing changed since
+
+
+def test_a_restored_state_is_the_state_after_the_last_whole_batch() -> None:
+    whole = BatchState()
+    log: list[tuple[str, bytes | None]] = []
+    for batch in batches():
+        log += run(whole, batch)
+    restored = BatchState(compacted(log))
+    assert (
+        dict(restored.store)
+        == dict(whole.store)
+        == {
+            "cart|1": {"n": 2},
+            "cart|3": {"n": 2},
+            "cart|4": {"n": 1},
+        }
+    )
+    assert restored.next_offset == 9
+    assert restored.checkpoint() == [(NEXT_KEY, b"9")]  # restoring is not a change
+
+
+@pytest.mark.parametrize("cut", range(0, 5))
+def test_a_checkpoint_cut_short_restores_a_whole_batch(cut: int) -> None:
+    # Killed after `cut` records of the last checkpoint (write set, 2 keys, next):
+    # before the write set is whole, the state is the one before the batch; after,
+    # the batch is rolled forward from the write set.
+    state = BatchState()
+    log = run(state, batches()[0]) + run(state, batches()[1])
+    last = run(state, batches()[2])
+    assert len(last) == 4
+    restored = BatchState(compacted(log + last[:cut]))
+    if cut == 0:
+        assert restored.next_offset == 5
+        assert dict(restored.store) == {"cart|1": {"n": 2}, "cart|3": {"n": 1}}
+    else:
+        assert restored.next_offset == 9
+        assert dict(restored.store) == dict(state.store)
+
+
+def test_a_write_set_in_several_parts_counts_only_when_every_part_is_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state_module, "PENDING_CHUNK_BYTES", 20)
+    state = BatchState()
+    log = run(state, batches()[0])
+    last = run(state, batches()[2])
+    parts = [r for r in last if r[0].startswith(PENDING_PREFIX)]
+    assert len(parts) == 2
+    half = BatchState(compacted(log + parts[:1]))
+    assert half.next_offset == 3 and "cart|4" not in half.store
+    whole = BatchState(compacted(log + parts))
+    assert whole.next_offset == 9 and whole.store["cart|4"] == {"n": 1}
+    # An older batch's parts left under the same keys are not mistaken for it.
+    assert BatchState(compacted(log + last)).store == state.store
