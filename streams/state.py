@@ -210,30 +210,36 @@ class BatchState:
         return target, writes
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
-        """The records for what changed since the last checkpoint (see the class)."""
+        """The records for what changed since the last checkpoint (see the class).
+        Each value is encoded once; the write set is spliced from those bytes."""
         keys = self.store.taken()
         next_record = (NEXT_KEY, json.dumps(self.next_offset).encode())
         if not keys:
             return [next_record]
-        writes = [(key, self.store.get(key)) for key in keys]
+        writes: list[tuple[str, bytes | None]] = []
+        for key in keys:
+            value = self.store.get(key)
+            writes.append((key, None if value is None else json.dumps(value).encode()))
+        chunks = _chunks(writes)
         out: list[tuple[str, bytes | None]] = []
-        chunks = list(_chunks(writes))
-        for index, chunk in enumerate(chunks):
-            part = {"next": self.next_offset, "part": index, "parts": len(chunks), "writes": chunk}
-            out.append((f"{PENDING_PREFIX}{index}", json.dumps(part).encode()))
-        out += [(k, None if v is None else json.dumps(v).encode()) for k, v in writes]
+        for index, items in enumerate(chunks):
+            head = f'{{"next":{self.next_offset},"part":{index},"parts":{len(chunks)},"writes":{{'
+            out.append((f"{PENDING_PREFIX}{index}", head.encode() + b",".join(items) + b"}}"))
+        out += writes
         out.append(next_record)
         return out
 
 
-def _chunks(writes: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
-    chunk: dict[str, Any] = {}
+def _chunks(writes: Iterable[tuple[str, bytes | None]]) -> list[list[bytes]]:
+    """The ``"key":value`` members of the write set, in parts of at most about
+    PENDING_CHUNK_BYTES each."""
+    chunks: list[list[bytes]] = [[]]
     size = 0
     for key, value in writes:
-        length = len(key) + len(json.dumps(value))
-        if chunk and size + length > PENDING_CHUNK_BYTES:
-            yield chunk
-            chunk, size = {}, 0
-        chunk[key] = value
-        size += length
-    yield chunk
+        item = json.dumps(key).encode() + b":" + (b"null" if value is None else value)
+        if chunks[-1] and size + len(item) > PENDING_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item) + 1
+    return chunks
