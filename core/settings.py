@@ -271,6 +271,11 @@ class StreamsSettings(BaseModel):
         gt=0,
         description="a raw partition fully read for this long stops holding decisions back",
     )
+    max_source_skew_s: float = Field(
+        default=300,
+        gt=0,
+        description="a raw partition this far ahead in event time of the slowest waits",
+    )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )

@@ -420,6 +420,7 @@ def create_app(
         handle,
         ingest_state_name,
         lambda tp, records: SourceState.restore(source_of(tp), lateness, records),
+        event_time=lambda state: state.max_event_time,
     )
 
     def restore_kpis(tp: Any, records: dict[str, bytes | None]) -> KpiPartition:

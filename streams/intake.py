@@ -55,6 +55,23 @@ class Batch:
 Handler = Callable[[Batch], Awaitable[None]]
 
 
+def ahead(
+    progress: dict[TopicPartition, tuple[float, bool]], max_skew_s: float
+) -> set[TopicPartition]:
+    """Partitions to pause: those whose latest event time is more than
+    ``max_skew_s`` ahead of the slowest partition that still has records to read.
+    ``progress``: partition -> (latest event time read, fully read?). A backlog of
+    several topics is read at the pace of bytes, not of event time (a small topic
+    is read to its end first): its events then wait behind the combined watermark
+    that the big one holds back, and customers' pending histories grow. Never
+    pauses the slowest, so reading always goes on."""
+    reading = [at for at, done in progress.values() if not done]
+    if not reading:
+        return set()
+    slowest = min(reading)
+    return {tp for tp, (at, _) in progress.items() if at > slowest + max_skew_s}
+
+
 class PartitionState(Protocol):
     """What the intake needs of a partition's state: where it resumes."""
 
@@ -88,8 +105,12 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         handler: Handler,
         state_topic: str,
         restore: Restore[State],
+        event_time: Callable[[State], float] | None = None,
     ) -> None:
+        """``event_time``: a partition's latest event time, to keep partitions
+        within ``streams.max_source_skew_s`` of each other (:func:`ahead`)."""
         self._settings = settings
+        self._event_time = event_time
         self._purpose = purpose
         self._topics = sorted(topics)
         self._handler = handler
@@ -187,6 +208,25 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
             if source not in self.states:
                 self.states[source] = self._restore_state(tp, found.get(tp.partition, {}))
 
+    def _align(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause the partitions too far ahead in event time; resume the others."""
+        event_time = self._event_time
+        assert event_time is not None  # noqa: S101 - called only with one
+        progress: dict[TopicPartition, tuple[float, bool]] = {}
+        for tp in self.owned:
+            state = self.states.get(source_of(tp))
+            if state is not None:
+                highwater = consumer.highwater(tp)
+                done = highwater is not None and state.next_offset >= highwater
+                progress[tp] = (event_time(state), done)
+        assigned = set(consumer.assignment())
+        wanted = ahead(progress, self._settings.streams.max_source_skew_s) & assigned
+        paused = set(consumer.paused())
+        if wanted - paused:
+            consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            consumer.resume(*(paused - wanted))
+
     async def run(self) -> None:
         """Until :meth:`stop`; raises what the handler raises."""
         streams = self._settings.streams
@@ -225,6 +265,8 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                     [r.timestamp / 1000 for records in fetched.values() for r in records],
                 )
                 await self._handler(batch)
+                if self._event_time is not None:
+                    self._align(consumer)
                 offsets = {
                     tp: self.states[source_of(tp)].next_offset
                     for tp in fetched
