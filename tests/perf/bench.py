@@ -81,6 +81,10 @@ PROFILES = {
     "tail": Path("build/worker-profile-tail.txt"),
 }
 SCORE_KPIS = ("nps", "csat", "ces")
+# Internal topics the worker must have read to the end before the KPIs can be final
+# (checkout abandonment settled "for 3 s" alone once passed while the outcome agent
+# still had hundreds of bundles to read).
+DRAINED_TOPICS = ("kpi_contributions", "outcome_events")
 TARGETS = {  # issue 9; never lowered here
     "drain_eps": 100_000,
     "drain_vs_naive": 5.0,
@@ -455,6 +459,7 @@ class Bench:
         final: tuple[Any, ...] | None = None  # KPI state first seen final, and when
         count = 0
         lags: list[dict[str, Any]] = []  # the worker's consumer lag per topic, every 5 s
+        internal = [self.s.topics.model_dump()[role] for role in DRAINED_TOPICS]
         try:
             while True:
                 stack.check()
@@ -493,8 +498,13 @@ class Bench:
                     overall.get(k, 0) == responses[k] and per_group.get(k, 0) == responses[k]
                     for k in SCORE_KPIS
                 )
-                state = (overall, per_group)
+                state: tuple[Any, ...] = (overall, per_group)
                 if responses_done and count >= n:
+                    lag = await asyncio.to_thread(worker_lags, self.s)
+                    # The worker's internal queues read to their end (a fresh read).
+                    drained = lag is not None and all(lag.get(t) == 0 for t in internal)
+                    state = (overall, per_group, drained)
+                if responses_done and count >= n and state[-1] is True:
                     if final is None or final[0] != state:
                         final = (state, now)
                     elif now - final[1] >= 3.0:  # unchanged for 3 s: settled
