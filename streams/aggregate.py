@@ -15,11 +15,12 @@ and one source's contributions reach a group in offset order, so this is exact.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from touchstream.schemas import KpiUpdate
 from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
@@ -244,9 +245,9 @@ class KpiPartition:
         self.next_offset = 0
         for key, value in (records or {}).items():
             if key == NEXT_KEY:
-                self.next_offset = int(json.loads(value)) if value is not None else 0
+                self.next_offset = int(orjson.loads(value)) if value is not None else 0
             elif value is not None and not key.startswith(META_PREFIX):
-                self.buckets[key] = json.loads(value)
+                self.buckets[key] = orjson.loads(value)
         self.buckets.taken()
         self.aggregator = KpiAggregator(self.buckets, size_s, step_s, with_daily)
 
@@ -256,7 +257,7 @@ class KpiPartition:
         offset was folded already: nothing."""
         if offset < self.next_offset:
             return [], 0
-        body = json.loads(value or b"{}")
+        body = orjson.loads(value or b"{}")
         dirty: list[DirtyBucket] = []
         replays = 0
         for item in body["contributions"]:  # written by ingest only: a bad one is a bug
@@ -280,6 +281,6 @@ class KpiPartition:
 
     def checkpoint(self) -> list[tuple[str, bytes]]:
         """Records for what changed since the last checkpoint, the next offset last."""
-        out = [(key, json.dumps(self.buckets[key]).encode()) for key in self.buckets.taken()]
-        out.append((NEXT_KEY, json.dumps(self.next_offset).encode()))
+        out = [(key, orjson.dumps(self.buckets[key])) for key in self.buckets.taken()]
+        out.append((NEXT_KEY, orjson.dumps(self.next_offset)))
         return out

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import faust
+import orjson
 from prometheus_client import CollectorRegistry
 
 from touchstream.schemas.events import CaseClosed, utcnow
@@ -271,13 +272,13 @@ def create_app(
         for partition, items in sorted(bundles.items()):
             for start in range(0, len(items), BUNDLE_ITEMS):
                 chunk = items[start : start + BUNDLE_ITEMS]
-                value = json.dumps({"contributions": chunk}).encode()
+                value = orjson.dumps({"contributions": chunk})
                 await outputs.send(contributions_name, value, key=BUNDLE_KEY, partition=partition)
 
     async def send_outcome_bundle(partition: int, body: dict[str, Any]) -> None:
         """An outcome partition's items, in messages of at most BUNDLE_ITEMS."""
         for chunk in bundle_chunks(body):
-            value = json.dumps(chunk).encode()
+            value = orjson.dumps(chunk)
             await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
 
     async def checkpoint(batch: Batch) -> None:
@@ -507,7 +508,7 @@ def create_app(
         await outputs.flush()
 
     async def handle_outcome(part: OutcomePartition, offset: int, value: bytes) -> None:
-        body = json.loads(value)
+        body = orjson.loads(value)
         merged: list[Contribution] = []  # late stitched interactions' changes
         stitched: dict[str, list[Any]] = {}  # customer → touches of anonymous ids
         if "marks" in body:

@@ -6,9 +6,10 @@ topic after each batch so that a successor restores it after exactly one batch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
+
+import orjson
 
 Entity = dict[str, Any]
 
@@ -175,10 +176,10 @@ class BatchState:
         found = dict(records or {})
         head = found.get(NEXT_KEY)
         if head is not None:
-            self.next_offset = int(json.loads(head))
+            self.next_offset = int(orjson.loads(head))
         for key, value in found.items():
             if value is not None and not key.startswith("#"):
-                self.store[key] = json.loads(value)
+                self.store[key] = orjson.loads(value)
         pending = self._pending(found)
         if pending is not None:
             self.next_offset, writes = pending
@@ -192,7 +193,7 @@ class BatchState:
     def _pending(self, found: Mapping[str, bytes | None]) -> tuple[int, dict[str, Any]] | None:
         """The write set of a batch whose checkpoint was cut short, if complete."""
         parts = [
-            json.loads(value)
+            orjson.loads(value)
             for key, value in found.items()
             if key.startswith(PENDING_PREFIX) and value is not None
         ]
@@ -213,13 +214,13 @@ class BatchState:
         """The records for what changed since the last checkpoint (see the class).
         Each value is encoded once; the write set is spliced from those bytes."""
         keys = self.store.taken()
-        next_record = (NEXT_KEY, json.dumps(self.next_offset).encode())
+        next_record = (NEXT_KEY, orjson.dumps(self.next_offset))
         if not keys:
             return [next_record]
         writes: list[tuple[str, bytes | None]] = []
         for key in keys:
             value = self.store.get(key)
-            writes.append((key, None if value is None else json.dumps(value).encode()))
+            writes.append((key, None if value is None else orjson.dumps(value)))
         chunks = _chunks(writes)
         out: list[tuple[str, bytes | None]] = []
         for index, items in enumerate(chunks):
@@ -236,7 +237,7 @@ def _chunks(writes: Iterable[tuple[str, bytes | None]]) -> list[list[bytes]]:
     chunks: list[list[bytes]] = [[]]
     size = 0
     for key, value in writes:
-        item = json.dumps(key).encode() + b":" + (b"null" if value is None else value)
+        item = orjson.dumps(key) + b":" + (b"null" if value is None else value)
         if chunks[-1] and size + len(item) > PENDING_CHUNK_BYTES:
             chunks.append([])
             size = 0

@@ -64,9 +64,9 @@ def test_a_checkpoint_is_the_write_set_then_each_key_then_the_next_offset() -> N
         "writes": {"cart|1": {"n": 2}, "cart|2": None, "cart|3": {"n": 1}},
     }
     assert records[1:] == [
-        ("cart|1", b'{"n": 2}'),
+        ("cart|1", b'{"n":2}'),
         ("cart|2", None),  # a tombstone: compaction deletes the key
-        ("cart|3", b'{"n": 1}'),
+        ("cart|3", b'{"n":1}'),
         (NEXT_KEY, b"5"),
     ]
     assert state.checkpoint() == [(NEXT_KEY, b"5")]  # nothing changed since
