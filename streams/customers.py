@@ -41,7 +41,6 @@ State lives in any mutable mapping of JSON-able dicts, one per customer.
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -57,6 +56,7 @@ from touchstream.schemas.events import (
     SubscriptionStarted,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
+from touchstream.streams.state import Schedule
 
 # kpi → (its count, the stock whose level at the window start is its denominator)
 STOCK_KPIS = {
@@ -127,10 +127,10 @@ class CustomerBook:
     def __init__(self, store: MutableMapping[str, Any], horizon_s: float) -> None:
         self.store = store
         self.horizon_s = horizon_s
-        self._due: list[tuple[float, str]] = []
+        self._due = Schedule()
 
     def rebuild(self) -> None:
-        self._due = []
+        self._due.clear()
         for customer_id, state in self.store.items():
             self._schedule(customer_id, state)
 
@@ -139,8 +139,7 @@ class CustomerBook:
         horizon = self._horizon_due(state)
         if horizon is not None:
             times.append(horizon)
-        if times:
-            heapq.heappush(self._due, (min(times), customer_id))
+        self._due.set(customer_id, min(times) if times else None)
 
     def add(self, customer_id: str, touches: Iterable[Touch]) -> list[Contribution]:
         """Queue a customer's touches; what an interaction behind the decided
@@ -182,10 +181,7 @@ class CustomerBook:
     def decide(self, watermark: float) -> list[Contribution]:
         """Apply every customer's history up to the watermark; the contributions."""
         out: list[Contribution] = []
-        ready: set[str] = set()
-        while self._due and self._due[0][0] <= watermark:
-            ready.add(heapq.heappop(self._due)[1])
-        for customer_id in sorted(ready):
+        for customer_id in sorted(self._due.due(watermark)):
             found = self.store.get(customer_id)
             if found is None:
                 continue
@@ -319,12 +315,12 @@ class AnonymousBook:
         # write is a changelog record, and nearly every identified event repeats
         # its link. Expiry and a competing link are judged to within a step.
         self.step_s = horizon_s / 90
-        self._due: list[tuple[float, str]] = []
+        self._due = Schedule()
 
     def rebuild(self) -> None:
-        self._due = []
+        self._due.clear()
         for anonymous_id, state in self.store.items():
-            heapq.heappush(self._due, (float(state["last_at"]) + self.horizon_s, anonymous_id))
+            self._due.set(anonymous_id, float(state["last_at"]) + self.horizon_s)
 
     def _state(self, anonymous_id: str) -> dict[str, Any]:
         found = self.store.get(anonymous_id)
@@ -335,7 +331,7 @@ class AnonymousBook:
     def _save(self, anonymous_id: str, state: dict[str, Any], at: float) -> None:
         last = max(at, float(state.get("last_at", at)))
         if state.get("last_at") != last:
-            heapq.heappush(self._due, (last + self.horizon_s, anonymous_id))
+            self._due.set(anonymous_id, last + self.horizon_s)
         state["last_at"] = last
         self.store[anonymous_id] = state
 
@@ -379,8 +375,7 @@ class AnonymousBook:
     def expire(self, watermark: float) -> int:
         """Forget ids quiet for the horizon before the watermark; how many."""
         forgotten = 0
-        while self._due and self._due[0][0] <= watermark:
-            _, anonymous_id = heapq.heappop(self._due)
+        for anonymous_id in self._due.due(watermark):
             state = self.store.get(anonymous_id)
             if state is not None and float(state["last_at"]) + self.horizon_s <= watermark:
                 del self.store[anonymous_id]

@@ -6,6 +6,7 @@ topic after each batch so that a successor restores it after exactly one batch
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -244,3 +245,44 @@ def _chunks(writes: Iterable[tuple[str, bytes | None]]) -> list[list[bytes]]:
         chunks[-1].append(item)
         size += len(item) + 1
     return chunks
+
+
+class Schedule:
+    """When each key is next due, in a heap with one live entry per key: setting a
+    key's time again replaces it (the old entry is skipped when it comes up).
+    A heap of every time ever pushed grew with every touch of a customer whose
+    next due time is the churn horizon, 90 days of event time away."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._at: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def set(self, key: str, at: float | None) -> None:
+        """Due at ``at`` (None: not due at all)."""
+        if at is None:
+            self._at.pop(key, None)
+            return
+        if self._at.get(key) == at:
+            return
+        self._at[key] = at
+        heapq.heappush(self._heap, (at, key))
+        if len(self._heap) > 2 * len(self._at) + 1024:  # mostly replaced entries
+            self._heap = [(due, k) for k, due in self._at.items()]
+            heapq.heapify(self._heap)
+
+    def due(self, watermark: float) -> list[str]:
+        """The keys due at or before ``watermark``, earliest first (no longer
+        scheduled: set them again if they are due later)."""
+        out: list[str] = []
+        while self._heap and self._heap[0][0] <= watermark:
+            at, key = heapq.heappop(self._heap)
+            if self._at.get(key) == at:
+                del self._at[key]
+                out.append(key)
+        return out
+
+    def clear(self) -> None:
+        self._heap, self._at = [], {}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from touchstream.streams import state as state_module
-from touchstream.streams.state import NEXT_KEY, PENDING_PREFIX, BatchState, Changes
+from touchstream.streams.state import NEXT_KEY, PENDING_PREFIX, BatchState, Changes, Schedule
 
 
 def test_changes_remember_every_way_a_key_is_written_or_deleted() -> None:
@@ -124,3 +124,28 @@ def test_a_write_set_in_several_parts_counts_only_when_every_part_is_there(
     assert whole.next_offset == 9 and whole.store["cart|4"] == {"n": 1}
     # An older batch's parts left under the same keys are not mistaken for it.
     assert BatchState(compacted(log + last)).store == state.store
+
+
+def test_a_schedule_keeps_one_time_per_key_and_gives_keys_when_due() -> None:
+    schedule = Schedule()
+    schedule.set("c1", 100.0)
+    schedule.set("c2", 50.0)
+    schedule.set("c1", 300.0)  # replaces 100: c1 is not due at 100 any more
+    schedule.set("c3", 80.0)
+    schedule.set("c3", None)  # not due at all
+    assert len(schedule) == 2
+    assert schedule.due(200.0) == ["c2"]
+    assert schedule.due(200.0) == []  # handed out once
+    assert schedule.due(1_000.0) == ["c1"]
+    assert len(schedule) == 0
+
+
+def test_a_schedule_does_not_grow_with_each_new_time_of_the_same_keys() -> None:
+    # A customer touched again and again moves its churn horizon each time; the
+    # heap of pushed times once grew by one entry per touch.
+    schedule = Schedule()
+    for step in range(100_000):
+        schedule.set(f"c{step % 10}", 1e9 + step)
+    assert len(schedule) == 10
+    assert len(schedule._heap) <= 2 * 10 + 1024
+    assert schedule.due(2e9) == [f"c{k}" for k in range(10)]
