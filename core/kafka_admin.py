@@ -47,7 +47,10 @@ async def ensure_topics(settings: Settings) -> list[str]:
         request_timeout_ms=10_000,
         **settings.kafka.security_kwargs(),
     )
-    compacted = {settings.topic(role) for role in ("ingest_state", "kpi_state", "outcome_state")}
+    compacted = {
+        settings.topic(role)
+        for role in ("ingest_state", "kpi_state", "outcome_state", "alert_state")
+    }
     await admin.start()
     try:
         await admin.create_topics(

@@ -169,6 +169,10 @@ class Topics(BaseModel):
         default="touchstream.outcome-state.v1",
         description="internal, compacted: checkouts, carts, customers per outcome partition",
     )
+    alert_state: str = Field(
+        default="touchstream.alert-state.v1",
+        description="internal, compacted: open and closed alerts' slots per alerts partition",
+    )
 
 
 class ClickHouseSettings(BaseModel):
@@ -283,11 +287,6 @@ class StreamsSettings(BaseModel):
         default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
     web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
-    one_record_batches: bool | None = Field(
-        default=None,
-        description="producer_max_batch_size=1 (Tansu highwater workaround); "
-        "empty = on for the local broker only",
-    )
 
     @model_validator(mode="after")
     def _aligned(self) -> StreamsSettings:

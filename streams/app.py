@@ -37,7 +37,7 @@ from touchstream.schemas.pii import Pseudonymiser
 from touchstream.schemas.records import Alert
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
-from touchstream.streams.aggregate import META_PREFIX, DirtyBucket, KpiPartition
+from touchstream.streams.aggregate import DirtyBucket, KpiPartition
 from touchstream.streams.alerts import (
     Closing,
     on_closed,
@@ -53,10 +53,8 @@ from touchstream.streams.customers import (
     link_of,
     touch_of,
 )
-from touchstream.streams.delivery import InOrder, Record, changelogs_written
-from touchstream.streams.delivery import Table as DeliveryTable
 from touchstream.streams.eventtime import SourceState
-from touchstream.streams.ingest import forwarded, ingest
+from touchstream.streams.ingest import RawMessage, forwarded, ingest
 from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcome_stage import OutcomePartition
@@ -69,6 +67,7 @@ from touchstream.streams.outcomes import (
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, partition_of
+from touchstream.streams.state import BatchState
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +133,6 @@ class TouchstreamApp(faust.App):
         for task in self.early_tasks:
             self.add_future(task())
 
-    async def _producer_flush(self, logger: Any) -> None:
-        # Before partitions are given away (and at stop): every changelog record
-        # acknowledged, so the next owner recovers it (streams/delivery.py).
-        # Bounded: a broker that never answers must not hold a rebalance or a
-        # stop forever (the next owner's in-order agents read what is missing).
-        await super()._producer_flush(logger)
-        timeout = float(self.conf.producer_request_timeout)
-        try:
-            await asyncio.wait_for(changelogs_written(self), timeout)
-        except TimeoutError:
-            logger.error("changelog records not acknowledged within %.0f s", timeout)
-
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         if self.crash_handler is not None:
             await self.crash_handler(agent, exc)
@@ -175,19 +162,16 @@ def create_app(
         raise ValueError("the stream worker needs kafka.bootstrap_servers")
     streams = settings.streams
     metrics = worker_metrics.create(registry or CollectorRegistry(), settings.metrics.namespace)
-    one_record_batches = streams.one_record_batches
-    if one_record_batches is None:
-        one_record_batches = kafka.bootstrap_servers.startswith("127.0.0.1:")
     app = TouchstreamApp(
         streams.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=_credentials(kafka),
+        # Faust runs the worker (lifecycle, signals, timers, web); it has no agent
+        # and no table: every topic is read by a stage of our own (streams/intake.py).
         store="memory://",
         # Faust's data directory (empty with the memory store): under ours, not
         # "<app id>-data" in whatever directory the worker was started from.
         datadir=str(settings.data_dir / "faust" / f"{streams.app_id}-data"),
-        # Tables whose changelog records can be awaited (streams/delivery.py).
-        Table=DeliveryTable,
         autodiscover=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
@@ -196,9 +180,6 @@ def create_app(
         if kafka.compression_type == "none"
         else kafka.compression_type,
         producer_linger_ms=kafka.linger_ms,
-        # Local broker (Tansu) under-reports highwaters of multi-record batches, and
-        # table recovery stops there: one record per batch there (PLATFORM.md).
-        producer_max_batch_size=1 if one_record_batches else 16_384,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, kafka.session_timeout_ms / 3000),
@@ -207,11 +188,7 @@ def create_app(
         web_bind="127.0.0.1",
     )
 
-    def raw_topic(*names: str) -> faust.TopicT:
-        return app.topic(*names, key_serializer="raw", value_serializer="raw")
-
     raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
-    alert_events = raw_topic(settings.topic("alert_events"))
     # Everything but table changelogs goes out through the batching producer.
     outputs = Outputs(settings)
     events_name, dead_letters_name = settings.topic("events"), settings.topic("dead_letters")
@@ -222,24 +199,19 @@ def create_app(
     ingest_state_name = settings.topic("ingest_state")
     kpi_state_name = settings.topic("kpi_state")
     outcome_state_name = settings.topic("outcome_state")
+    alert_state_name = settings.topic("alert_state")
 
     async def stop_outputs(app: faust.App, **_: Any) -> None:
         await intake.stop()  # its batch at hand finishes first
         await kpi_intake.stop()
         await outcome_intake.stop()
+        await alert_intake.stop()
         await outputs.stop()
 
     app.on_before_shutdown.connect(stop_outputs)  # type: ignore[arg-type]
 
     metrics.prime(raw_topics)
 
-    alert_slots = app.Table(
-        "alert-slots",
-        default=None,
-        partitions=kafka.partitions,
-        key_type=str,
-        # no value_type: values are plain JSON (value_type=dict breaks recovery)
-    )
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
 
     async def crashed(agent: Any, exc: BaseException) -> None:
@@ -605,20 +577,31 @@ def create_app(
         if alert.status == "closed" and alert.time_to_close_s is not None:
             metrics.alert_time_to_close.observe(max(0.0, alert.time_to_close_s))
 
-    alert_order = InOrder(settings, "touchstream.alerts")
+    async def handle_alerts(batch: Batch) -> None:
+        """A batch of alert events (raise, close, SLA tick) folded into their
+        partitions' alert slots; the alerts they lead to flushed, then each
+        partition's checkpoint, flushed."""
+        parts = alert_intake.states
+        handled: set[str] = set()
+        for message in batch.messages:
+            source = f"{message.topic}:{message.partition}"
+            part = parts[source]
+            if message.offset < part.next_offset:
+                continue  # read again after a restore: the state holds it
+            await handle_alert_event(part, message)
+            part.next_offset = message.offset + 1
+            handled.add(source)
+        await outputs.flush()  # an alert is never left in a buffer
+        for source in sorted(handled):
+            partition = int(source.rsplit(":", 1)[1])
+            for key, value in parts[source].checkpoint():
+                await outputs.send(alert_state_name, value, key=key.encode(), partition=partition)
+        await outputs.flush()
 
-    @app.agent(alert_events, name="touchstream.alerts")
-    async def alert_agent(stream: faust.StreamT) -> None:
-        # One at a time, for the same reason as the KPI agent; alerts are few. In
-        # offset order per partition (streams/delivery.py): a transition Faust
-        # skipped around a rebalance (a closing, an overdue tick) is read first.
-        async for event in stream.events():
-            await alert_order.handle(event, alert_slots, handle_alert_event)
-
-    async def handle_alert_event(record: Record) -> None:
-        alert_id = (record.key or b"").decode()
-        body = json.loads(record.value or b"{}")
-        slot = slot_from_json(alert_slots.get(alert_id))
+    async def handle_alert_event(part: BatchState, message: RawMessage) -> None:
+        alert_id = (message.key or b"").decode()
+        body = orjson.loads(message.value or b"{}")
+        slot = slot_from_json(part.store.get(alert_id))
         if "raised" in body:
             raised = Alert.model_validate(body["raised"])
             slot, emitted = on_raised(slot, raised, emitted=body.get("emitted", False))
@@ -630,11 +613,20 @@ def create_app(
             tick = datetime.fromisoformat(body["tick"])
             slot, emitted = on_tick(slot, tick, streams.alert_sla_s)
         if emitted is not None:
+            # A replay after a restore emits the same alert again (idempotent
+            # downstream by alert id and status).
             await emit_alert(emitted)
-            await outputs.flush()  # an alert is never left in a buffer
-        # Written after the alert is out: a crash in between replays the message,
-        # which emits the same alert again (idempotent downstream by alert id).
-        alert_slots[alert_id] = slot_to_json(slot)
+        part.store[alert_id] = slot_to_json(slot)
+
+    alert_intake: Intake[BatchState] = Intake(
+        settings,
+        "alerts",
+        [alert_events_name],
+        handle_alerts,
+        alert_state_name,
+        lambda tp, records: BatchState(records),
+    )
+    app.early_tasks = (*app.early_tasks, run("touchstream.alerts", alert_intake))
 
     @app.timer(1.0, name="touchstream.outcome_progress")
     async def outcome_progress() -> None:
@@ -642,14 +634,17 @@ def create_app(
 
     @app.timer(streams.alert_check_interval_s, name="touchstream.alert_sla")
     async def check_alert_sla() -> None:
-        # A table is written only while its stream iterates (Faust logs the write to
-        # the partition of the message at hand), so overdue alerts get a tick
-        # message through the alerts agent rather than a write from here.
+        # Overdue alerts get a tick message through the alerts stage (their slot
+        # changes there, in batch order with raises and closings), not a write here.
         now = utcnow()
         open_count = past_sla = 0
-        for alert_id, stored in list(alert_slots.items()):
-            if alert_id.startswith(META_PREFIX):
-                continue  # the agent's next offset per partition
+        slots = [
+            (alert_id, stored)
+            for tp in alert_intake.owned
+            if (part := alert_intake.states.get(source_of(tp))) is not None
+            for alert_id, stored in list(part.store.items())
+        ]
+        for alert_id, stored in slots:
             slot = slot_from_json(stored)
             if not isinstance(slot, Alert) or slot.status == "closed":
                 continue
@@ -706,15 +701,14 @@ def create_app(
             metrics.kpis.observe(update)
         await outputs.flush()
 
-    lag_topics = set(alert_events.topics)
-
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:
-        lags = await worker_metrics.measure_lag(app.consumer, lag_topics)
+        lags: dict[tuple[str, int], int] = {}
         for stage, topics in (
             (intake, raw_topics),
             (kpi_intake, [contributions_name]),
             (outcome_intake, [outcome_events_name]),
+            (alert_intake, [alert_events_name]),
         ):
             if stage.consumer is not None:
                 lags.update(await worker_metrics.measure_lag(stage.consumer, topics))

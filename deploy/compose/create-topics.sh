@@ -7,10 +7,10 @@
 #
 # Partitions: one number for every topic. It bounds the parallelism (a partition
 # is read by one worker of the group), the raw topics must agree so that
-# partition i of each lands on the same worker, and each Faust table's changelog
-# must match its source topic or the agent crashes (PartitionsMismatch).
+# partition i of each lands on the same worker, and each stage's checkpoint topic
+# has the partitions of the topic it reads (partition i's state in partition i).
 # Never change it on a running deployment: keys would move to other partitions,
-# away from their table state. See deploy/kubernetes/README.md for sizing.
+# away from their state. See deploy/kubernetes/README.md for sizing.
 set -euo pipefail
 
 KAFKA_BIN="${KAFKA_BIN:-/opt/kafka/bin}"
@@ -18,7 +18,6 @@ BOOTSTRAP="${TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS:?TOUCHSTREAM_KAFKA__BOOTSTRAP_
 PREFIX="${TOUCHSTREAM_KAFKA__TOPIC_PREFIX:-}"
 PARTITIONS="${TOUCHSTREAM_KAFKA__PARTITIONS:-12}"
 REPLICATION="${TOUCHSTREAM_KAFKA__REPLICATION_FACTOR:-3}"
-APP_ID="${TOUCHSTREAM_STREAMS__APP_ID:-touchstream}"
 # A write (acks=all) needs 2 replicas in sync: one broker may be down, and no
 # acknowledged write lives on a single disk. A 1- or 2-replica dev cluster gets 1.
 if [ "$REPLICATION" -ge 3 ]; then MIN_INSYNC=2; else MIN_INSYNC=1; fi
@@ -30,7 +29,7 @@ DAY=$((24 * HOUR))
 # 30-day erasure deadline (README, "Erasure").
 PUBLIC_RETENTION=$((7 * DAY))
 # Internal hand-offs between agents and to the sink: they only need to outlast
-# consumer lag (a weekend outage); the state they build lives in the changelogs.
+# consumer lag (a weekend outage); the state they build lives in the checkpoints.
 INTERNAL_RETENTION=$((3 * DAY))
 
 create() { # name cleanup.policy retention.ms
@@ -54,18 +53,15 @@ create "${PREFIX}${TOUCHSTREAM_TOPICS__EVENTS:-touchstream.events.v1}" delete "$
 create "${PREFIX}${TOUCHSTREAM_TOPICS__KPI_CONTRIBUTIONS:-touchstream.kpi-contributions.v1}" delete "$INTERNAL_RETENTION"
 create "${PREFIX}${TOUCHSTREAM_TOPICS__ALERT_EVENTS:-touchstream.alert-events.v1}" delete "$INTERNAL_RETENTION"
 create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_EVENTS:-touchstream.outcome-events.v1}" delete "$INTERNAL_RETENTION"
-# Ingest checkpoints (dedup ids, watermarks, offsets per raw partition): state,
-# so compacted and kept forever like the changelogs.
+# Checkpoints of the worker's stages (latest value per key = the state): compacted
+# and kept forever. Ingest: dedup ids, watermarks, offsets per raw partition.
 create "${PREFIX}${TOUCHSTREAM_TOPICS__INGEST_STATE:-touchstream.ingest-state.v1}" compact -1
 # KPI stage checkpoints (buckets, next offset per contributions partition): state too.
 create "${PREFIX}${TOUCHSTREAM_TOPICS__KPI_STATE:-touchstream.kpi-state.v1}" compact -1
 # Outcome stage checkpoints (checkouts, carts, customers, next offset per partition).
 create "${PREFIX}${TOUCHSTREAM_TOPICS__OUTCOME_STATE:-touchstream.outcome-state.v1}" compact -1
-
-# Faust table changelogs (named <app id>-<table>-changelog by Faust): the tables'
-# state, compacted and kept forever (retention.ms=-1). A worker that takes over a
-# partition rebuilds the table from here.
-create "${APP_ID}-alert-slots-changelog" compact -1
+# Alerts stage checkpoints (open and closed alerts' slots, next offset per partition).
+create "${PREFIX}${TOUCHSTREAM_TOPICS__ALERT_STATE:-touchstream.alert-state.v1}" compact -1
 
 "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   | grep -E '^Topic:' || true

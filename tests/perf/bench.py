@@ -224,7 +224,6 @@ class Options:
     fresh_wait: float = 120.0
     memory_budget: float = 600.0
     profile_seconds: int = 60
-    one_record_batches: bool | None = None  # None: the product's default (on, locally)
     phases: frozenset[str] = frozenset(PHASES)
 
 
@@ -323,10 +322,7 @@ class Bench:
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
             # The worker's /metrics on a port of its own: the drain reads its lags.
             metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
-            streams={
-                "app_id": f"bench-{self.uid}-{tag}",
-                "one_record_batches": self.o.one_record_batches,
-            },
+            streams={"app_id": f"bench-{self.uid}-{tag}"},
             sink={"group_id": f"bench-sink-{self.uid}-{tag}"},
         )
 
@@ -1118,12 +1114,6 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="no py-spy during the drain")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     parser.add_argument(
-        "--one-record-batches",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="the worker's producer: auto = the product's default (on for the local broker)",
-    )
-    parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (preload always runs)",
@@ -1146,7 +1136,6 @@ def main() -> None:
         fresh_wait=args.fresh_wait,
         memory_budget=args.memory_budget,
         profile_seconds=args.profile_seconds,
-        one_record_batches={"auto": None, "on": True, "off": False}[args.one_record_batches],
         phases=phases,
     )
     console = Console()

@@ -115,7 +115,7 @@ def test_a_broker_restart_loses_nothing_acknowledged(
         durable_broker.bootstrap_servers,
         # The producer's deadline: a delivery not acknowledged in 4 s fails loudly.
         kafka={"max_block_ms": 2000, "delivery_timeout_ms": 4000, "session_timeout_ms": 6000},
-        streams={"kpi_emit_interval_s": 0.5, "one_record_batches": True},
+        streams={"kpi_emit_interval_s": 0.5},
     )
     patient = settings.model_copy(
         update={"kafka": settings.kafka.model_copy(update={"delivery_timeout_ms": 30_000})}

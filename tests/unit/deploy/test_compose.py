@@ -184,7 +184,6 @@ def test_every_touchstream_container_gets_valid_settings_that_match_the_stack(
         assert settings.kafka.bootstrap_servers == ",".join(f"{b}:9092" for b in brokers)
         assert settings.kafka.replication_factor == len(brokers) == 3
         assert settings.kafka.acks == "all" and settings.kafka.enable_idempotence
-        assert settings.streams.one_record_batches is False  # real Kafka: normal batches
         assert settings.clickhouse_dsn == "http://clickhouse:8123"
         # Each gets the secrets it uses, and only those.
         writes = verb in ("sink", "migrate")
@@ -336,7 +335,8 @@ def test_the_topics_job_follows_prefix_partitions_and_app_id(tmp_path: Path) -> 
     }
     created = {topic["name"]: topic for topic in run_topics_script(env, tmp_path)}
     assert set(created) == set(worker_topics(load_settings(env)))
-    assert "shop1.orders.v2" in created and "cx-alert-slots-changelog" in created
+    assert "shop1.orders.v2" in created and "shop1.touchstream.alert-state.v1" in created
+    assert not any(name.startswith("cx-") for name in created)  # no Faust table left
     assert {t["partitions"] for t in created.values()} == {6}
     assert {t["config"]["min.insync.replicas"] for t in created.values()} == {"1"}
 
