@@ -120,10 +120,8 @@ def _credentials(kafka: KafkaSettings) -> Any:
 
 
 class TouchstreamApp(faust.App):
-    """faust.App whose agent errors go to ``crash_handler`` (Faust keeps the worker
-    running with the agent dead otherwise, counting nothing)."""
+    """faust.App that starts the worker's stages (streams/intake.py) with it."""
 
-    crash_handler: Callable[[Any, BaseException], Awaitable[None]] | None = None
     # Started with the app, not after table recovery as @app.task is: the raw
     # intake needs no table, and waiting delayed the first alert by seconds.
     early_tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
@@ -132,11 +130,6 @@ class TouchstreamApp(faust.App):
         await super().on_start()
         for task in self.early_tasks:
             self.add_future(task())
-
-    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        if self.crash_handler is not None:
-            await self.crash_handler(agent, exc)
-        await super()._on_agent_error(agent, exc)
 
 
 def contribution_key(group: str) -> str:
@@ -214,13 +207,13 @@ def create_app(
 
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
 
-    async def crashed(agent: Any, exc: BaseException) -> None:
-        metrics.agent_crashes.labels(getattr(agent, "name", "agent")).inc()
+    async def crashed(stage: str, exc: BaseException) -> None:
+        # By the stage's name (it counted every crash as "agent" while it looked
+        # for a Faust agent's name on a string).
+        metrics.agent_crashes.labels(stage).inc()
         metrics.up.set(0)
-        log.critical("agent %s crashed; stopping the worker: %r", agent, exc, exc_info=exc)
+        log.critical("%s crashed; stopping the worker: %r", stage, exc, exc_info=exc)
         on_crash(EXIT_AGENT_CRASHED)
-
-    app.crash_handler = crashed
 
     def contribution_partition(group: str) -> int:
         """The contributions partition a KPI group's window is counted in."""
