@@ -399,29 +399,50 @@ def create_app(
         dirty.update(part.aggregator.all_buckets())
         return part
 
-    async def fold_contributions(batch: Batch) -> None:
-        """A batch of contribution bundles folded into their partitions' buckets,
-        then each partition's checkpoint (changed buckets, next offset), flushed."""
-        parts = kpi_intake.states
-        folded: set[str] = set()
+    async def stage_batch(
+        stage: Intake[Any],
+        state_topic: str,
+        batch: Batch,
+        handle: Callable[[Any, RawMessage], Awaitable[None]],
+        replayed: Callable[[], None] | None = None,
+    ) -> None:
+        """A batch of an internal stage: each message from its partition's next
+        offset on handled in order (one read again after a restore is skipped),
+        everything sent flushed, then each partition's checkpoint, flushed."""
+        parts = stage.states
+        handled: set[str] = set()
         for message in batch.messages:
             source = f"{message.topic}:{message.partition}"
-            changed, replays = parts[source].fold(message.offset, message.value)
-            dirty.update(changed)
-            folded.add(source)
-            if replays:  # contributions counted before a restart
-                metrics.replayed_contributions.inc(replays)
-        for source in sorted(folded):
+            part = parts[source]
+            if message.offset < part.next_offset:
+                if replayed is not None:
+                    replayed()
+                continue
+            await handle(part, message)
+            part.next_offset = message.offset + 1
+            handled.add(source)
+        await outputs.flush()  # everything out before the state says done
+        for source in sorted(handled):
             partition = int(source.rsplit(":", 1)[1])
             for key, value in parts[source].checkpoint():
-                await outputs.send(kpi_state_name, value, key=key.encode(), partition=partition)
+                await outputs.send(state_topic, value, key=key.encode(), partition=partition)
         await outputs.flush()
+
+    async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
+        """A bundle of contributions folded into its partition's buckets."""
+        changed, replays = part.fold(message.offset, message.value)
+        dirty.update(changed)
+        if replays:  # contributions counted before a restart
+            metrics.replayed_contributions.inc(replays)
+
+    async def handle_contributions(batch: Batch) -> None:
+        await stage_batch(kpi_intake, kpi_state_name, batch, fold_contributions)
 
     kpi_intake: Intake[KpiPartition] = Intake(
         settings,
         "kpis",
         [contributions_name],
-        fold_contributions,
+        handle_contributions,
         kpi_state_name,
         restore_kpis,
     )
@@ -452,25 +473,13 @@ def create_app(
         )
 
     async def handle_outcomes(batch: Batch) -> None:
-        """A batch of outcome messages, each partition's in offset order: their
-        decisions sent and flushed, then each partition's checkpoint (the state
-        after the batch, and the next offset), flushed."""
-        parts = outcome_intake.states
-        handled: set[str] = set()
-        for message in batch.messages:
-            source = f"{message.topic}:{message.partition}"
-            part = parts[source]
-            if message.offset < part.next_offset:
-                metrics.replayed_outcomes.inc()  # read again after a restore
-                continue
-            await handle_outcome(part, message.offset, message.value or b"{}")
-            handled.add(source)
-        await outputs.flush()  # everything out before the state says done
-        for source in sorted(handled):
-            partition = int(source.rsplit(":", 1)[1])
-            for key, value in parts[source].checkpoint():
-                await outputs.send(outcome_state_name, value, key=key.encode(), partition=partition)
-        await outputs.flush()
+        await stage_batch(
+            outcome_intake,
+            outcome_state_name,
+            batch,
+            lambda part, message: handle_outcome(part, message.offset, message.value or b"{}"),
+            metrics.replayed_outcomes.inc,
+        )
 
     async def handle_outcome(part: OutcomePartition, offset: int, value: bytes) -> None:
         body = orjson.loads(value)
@@ -507,7 +516,6 @@ def create_app(
         watermark = combined_watermark([part.marks.get(source) for source in outcome_sources])
         await decide(part, offset, watermark, merged)
         part.apply()  # after the decisions are sent (flushed with the batch)
-        part.next_offset = offset + 1
 
     async def send_stitched(stitched: dict[str, list[Any]]) -> None:
         """Anonymous ids' touches to their customers' outcome partitions (sent before
@@ -571,25 +579,9 @@ def create_app(
             metrics.alert_time_to_close.observe(max(0.0, alert.time_to_close_s))
 
     async def handle_alerts(batch: Batch) -> None:
-        """A batch of alert events (raise, close, SLA tick) folded into their
-        partitions' alert slots; the alerts they lead to flushed, then each
-        partition's checkpoint, flushed."""
-        parts = alert_intake.states
-        handled: set[str] = set()
-        for message in batch.messages:
-            source = f"{message.topic}:{message.partition}"
-            part = parts[source]
-            if message.offset < part.next_offset:
-                continue  # read again after a restore: the state holds it
-            await handle_alert_event(part, message)
-            part.next_offset = message.offset + 1
-            handled.add(source)
-        await outputs.flush()  # an alert is never left in a buffer
-        for source in sorted(handled):
-            partition = int(source.rsplit(":", 1)[1])
-            for key, value in parts[source].checkpoint():
-                await outputs.send(alert_state_name, value, key=key.encode(), partition=partition)
-        await outputs.flush()
+        # The alerts that events lead to are flushed with the batch: an alert is
+        # never left in a buffer.
+        await stage_batch(alert_intake, alert_state_name, batch, handle_alert_event)
 
     async def handle_alert_event(part: BatchState, message: RawMessage) -> None:
         alert_id = (message.key or b"").decode()
