@@ -1,4 +1,5 @@
-"""The Faust application: thin agents over the pure logic in ingest/aggregate/kpis.
+"""The stream worker: stages over the pure logic in ingest/aggregate/kpis/outcomes,
+in a Faust app that runs its lifecycle, timers and web (no Faust agent or table).
 
 - ingest reads the three raw topics in batches through its own consumer
   (streams/intake.py, resuming each partition at its checkpoint) and hands each
@@ -9,10 +10,12 @@
   each batch into per-bucket counts per partition (streams/aggregate.py
   ``KpiPartition``), checkpointed to a compacted topic after each batch; a timer
   emits the latest value of every changed window to the KPI topic.
+- the outcome and alert stages likewise (checkouts, carts, customers; alert
+  slots), each partition's state checkpointed after each batch.
 
-Outputs are flushed before a batch is acknowledged (at-least-once). An agent
-that raises ends the worker process with a non-zero exit, before its batch is
-acknowledged: a crash is loud, and a restart re-reads the batch.
+Outputs are flushed before a batch is checkpointed (at-least-once). A stage that
+raises ends the worker process with a non-zero exit, before its batch is
+checkpointed: a crash is loud, and a restart re-reads the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import faust
 import orjson
@@ -71,12 +74,6 @@ from touchstream.streams.state import BatchState
 
 log = logging.getLogger(__name__)
 
-
-class _Rebuilt(Protocol):
-    def rebuild(self) -> None: ...
-
-
-Rebuildable = TypeVar("Rebuildable", bound=_Rebuilt)
 
 EXIT_AGENT_CRASHED = 70
 BUNDLE_KEY = b"bundle"  # internal messages carrying many items, sent to a partition
@@ -182,7 +179,7 @@ def create_app(
     )
 
     raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
-    # Everything but table changelogs goes out through the batching producer.
+    # Everything goes out through one batching producer.
     outputs = Outputs(settings)
     events_name, dead_letters_name = settings.topic("events"), settings.topic("dead_letters")
     kpis_name, alerts_name = settings.topic("kpis"), settings.topic("alerts")
@@ -246,13 +243,13 @@ def create_app(
             value = orjson.dumps(chunk)
             await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
 
-    async def checkpoint(batch: Batch) -> None:
-        """After the batch's outputs are flushed: its state, per source partition."""
-        states = intake.states
-        for source in sorted({f"{m.topic}:{m.partition}" for m in batch.messages}):
+    async def send_checkpoints(states: Any, sources: Iterable[str], topic: str) -> None:
+        """After a batch's outputs are flushed: the checkpoint of each of its
+        partitions ("topic:partition") to the same partition of ``topic``, flushed."""
+        for source in sorted(sources):
             partition = int(source.rsplit(":", 1)[1])
             for key, value in states[source].checkpoint():
-                await outputs.send(ingest_state_name, value, key=key.encode(), partition=partition)
+                await outputs.send(topic, value, key=key.encode(), partition=partition)
         await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
@@ -373,7 +370,9 @@ def create_app(
             await send_outcome_bundle(partition, body)
         await send_contributions(result.contributions)
         await outputs.flush()
-        await checkpoint(batch)
+        await send_checkpoints(
+            intake.states, {f"{m.topic}:{m.partition}" for m in batch.messages}, ingest_state_name
+        )
         metrics.observe_batch(batch.kafka_timestamps, result.events, now)
         metrics.batch_size.observe(len(messages))
         metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -422,11 +421,7 @@ def create_app(
             part.next_offset = message.offset + 1
             handled.add(source)
         await outputs.flush()  # everything out before the state says done
-        for source in sorted(handled):
-            partition = int(source.rsplit(":", 1)[1])
-            for key, value in parts[source].checkpoint():
-                await outputs.send(state_topic, value, key=key.encode(), partition=partition)
-        await outputs.flush()
+        await send_checkpoints(parts, handled, state_topic)
 
     async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
         """A bundle of contributions folded into its partition's buckets."""
