@@ -160,7 +160,8 @@ class KpiAggregator:
         return out
 
     def _bump(self, key: str, counts: dict[str, float], mark: tuple[str, int]) -> bool:
-        # Read-modify-write of a fresh dict: a Faust table only logs assignments.
+        # Read-modify-write of a fresh dict: the store records assignments only
+        # (Changes: what the next checkpoint writes).
         value = dict(self.store.get(key) or {})
         name, offset = mark
         if name != SOURCE_MARK:

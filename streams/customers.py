@@ -312,8 +312,8 @@ class AnonymousBook:
         self.horizon_s = horizon_s
         # A linked id's link time and last activity are refreshed in steps of a
         # ninetieth of the horizon (a day at 90 days), not at every batch: each
-        # write is a changelog record, and nearly every identified event repeats
-        # its link. Expiry and a competing link are judged to within a step.
+        # write goes into the next checkpoint, and nearly every identified event
+        # repeats its link. Expiry and a competing link are judged to within a step.
         self.step_s = horizon_s / 90
         self._due = Schedule()
 

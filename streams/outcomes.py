@@ -17,8 +17,9 @@ lateness cannot change them afterwards:
 The outcome touchpoint is the last touchpoint at or before the outcome time.
 
 State lives in any mutable mapping of JSON-able dicts (a dict in tests, a
-changelogged Faust table in the worker); a heap of decision times, rebuilt from
-the mapping after a restart, avoids scanning every open entity.
+partition's checkpointed state in the worker: streams/outcome_stage.py); a heap
+of decision times, rebuilt from the mapping after a restart, avoids scanning
+every open entity.
 """
 
 from __future__ import annotations
