@@ -280,6 +280,12 @@ class StreamsSettings(BaseModel):
         gt=0,
         description="a raw partition this far ahead in event time of the slowest waits",
     )
+    output_timeout_s: float = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description="an output not acknowledged in this stops the worker (restart resumes)",
+    )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )

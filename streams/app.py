@@ -27,7 +27,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -69,7 +69,7 @@ from touchstream.streams.outcomes import (
     decision_contributions,
     ops_of,
 )
-from touchstream.streams.outputs import Outputs, partition_of
+from touchstream.streams.outputs import Outputs, Record, partition_of
 from touchstream.streams.state import BatchState
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,10 @@ def create_app(
         partitions ("topic:partition") to the same partition of ``topic``, flushed."""
         for source in sorted(sources):
             partition = int(source.rsplit(":", 1)[1])
-            for key, value in states[source].checkpoint():
-                await outputs.send(topic, value, key=key.encode(), partition=partition)
+            await outputs.send_many(
+                topic,
+                ((key.encode(), value, partition) for key, value in states[source].checkpoint()),
+            )
         await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
@@ -294,17 +296,22 @@ def create_app(
             metrics.messages_in.labels(topic).inc(count)
         now = utcnow()
         result = ingest(messages, now, streams.max_event_bytes, pii, intake.states)
+        forwards: list[Record] = []
         for event, on_time, source in zip(
             result.events, result.on_time, result.sources, strict=True
         ):
             # A late event is stored, flagged; no KPI window counts it. Same key,
             # and the partition it came from: the one murmur2 of its key gives
-            # (the raw topics are keyed by identity), without the producer's
-            # per-record partitioner.
-            value = forwarded(event, now, late=not on_time)
+            # (the raw topics are keyed by identity).
+            identity = event.identity.encode()
             raw_partition = int(source.rsplit(":", 1)[1])
-            partition = raw_partition if raw_partition < kafka.partitions else None
-            await outputs.send(events_name, value, key=event.identity.encode(), partition=partition)
+            partition = (
+                raw_partition
+                if raw_partition < kafka.partitions
+                else partition_of(identity, kafka.partitions)
+            )
+            forwards.append((identity, forwarded(event, now, late=not on_time), partition))
+        await outputs.send_many(events_name, forwards)
         for event_type, count in Counter(event.event_type for event in result.events).items():
             metrics.events_valid.labels(event_type).inc(count)
         metrics.duplicates.inc(sum(result.duplicates.values()))
@@ -340,15 +347,21 @@ def create_app(
 
         def bundle(key: str) -> dict[str, Any]:
             partition = partition_of(key.encode(), kafka.partitions)
-            return bundles.setdefault(
-                partition, {"ops": [], "customers": {}, "links": {}, "anonymous": {}}
-            )
+            found = bundles.get(partition)
+            if found is None:
+                found = bundles[partition] = {
+                    "ops": [],
+                    "customers": {},
+                    "links": {},
+                    "anonymous": {},
+                }
+            return found
 
         for event, on_time in zip(result.events, result.on_time, strict=True):
             if not on_time:
                 continue
             for op in ops_of(event):
-                bundle(f"{op.kind}|{op.entity_id}")["ops"].append(asdict(op))
+                bundle(f"{op.kind}|{op.entity_id}")["ops"].append(op.wire())
             touched = touch_of(event)
             if touched is not None:
                 customer_id, touch = touched

@@ -56,6 +56,18 @@ class Op:
     channel: str = ""
     touchpoint: str = ""
 
+    def wire(self) -> dict[str, Any]:
+        """The JSON form, ``Op(**wire)`` again (dataclasses.asdict, which copies
+        every value deeply, cost ~7 µs an op)."""
+        return {
+            "kind": self.kind,
+            "entity_id": self.entity_id,
+            "action": self.action,
+            "at": self.at,
+            "channel": self.channel,
+            "touchpoint": self.touchpoint,
+        }
+
 
 def ops_of(event: AnyEvent) -> list[Op]:
     """What an event does to the checkouts and carts it names."""

@@ -13,6 +13,14 @@ from touchstream.streams.app import create_app
 GC_GEN0_THRESHOLD = 100_000  # allocations between young collections (default 700)
 
 
+def tune_gc() -> None:
+    """The cyclic GC costs more than validation itself when a batch holds thousands
+    of live models (docs/design/streams.md): move what start-up built out of its
+    reach and collect the young generation far less often."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until SIGTERM/SIGINT; exits the process (Faust's worker owns the loop)."""
     registry = CollectorRegistry()
@@ -21,11 +29,7 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings, registry)
     # Faust creates its data directory but not the parents (under our data dir).
     app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
-    # The cyclic GC costs more than validation itself when a batch holds thousands
-    # of live models (docs/design/streams.md): move what start-up built out of its
-    # reach and collect the young generation far less often.
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    tune_gc()
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.lower(),

@@ -38,6 +38,7 @@ from touchstream.producers.simulator import SimulationConfig, Simulator, encode,
 from touchstream.schemas.events import family
 from touchstream.schemas.records import alert_id_for
 from touchstream.settings import Settings, load_settings
+from touchstream.streams.outputs import fast_lz4
 
 SCORE_KPIS = {"nps_response": "nps", "csat_response": "csat", "ces_response": "ces"}
 EVENTS_PER_CUSTOMER = 24.0  # the simulator's average (measured: ~24.9), to size a run
@@ -73,6 +74,7 @@ def simulated(events: int, seed: int, end: datetime) -> list[dict[str, Any]]:
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
     kafka = settings.kafka
+    fast_lz4()  # lz4 as the emitters' kafka-python sends it, not aiokafka's level 9
     return AIOKafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id="touchstream-bench-load",

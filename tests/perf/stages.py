@@ -1,0 +1,250 @@
+"""The worker's stages in one process, without a broker: N simulated events through
+ingest and the outcome, KPI and alert stages, each stage's outputs captured and fed
+to the next in batches, the progress and KPI emission timers run every few batches.
+
+Prints, per stage, the CPU time and µs per raw event, and per output topic the
+records and bytes per raw event; ``--profile FILE`` writes cProfile stats of the
+whole run. This is the worker's own work (validation, state, serialisation) with
+no Kafka client in it: ``make bench`` measures the worker with the broker, this
+says which part of the worker costs what, and is quick enough to A/B a change
+(``python -m tests.perf.stages --events 100000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import inspect
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import touchstream.streams.app as worker_app
+from tests.perf.loadgen import simulated
+from touchstream.producers.simulator import encode, key_of
+from touchstream.schemas.events import family
+from touchstream.settings import Settings, load_settings
+from touchstream.streams.ingest import RawMessage
+from touchstream.streams.intake import Batch, Intake, source_of
+from touchstream.streams.outputs import Record, partition_of
+from touchstream.streams.worker import tune_gc
+
+
+class Captured:
+    """Stands in for streams/outputs.py ``Outputs``: records what is sent, per topic
+    and partition, with offsets as a broker would give them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.partitions = settings.kafka.partitions
+        self.logs: dict[tuple[str, int], list[RawMessage]] = defaultdict(list)
+        self.read: dict[tuple[str, int], int] = defaultdict(int)  # next unread offset
+        self.bytes: Counter[str] = Counter()
+        self.records: Counter[str] = Counter()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
+        if partition is None:
+            partition = partition_of(key or b"", self.partitions)
+        log = self.logs[(topic, partition)]
+        log.append(RawMessage(topic, partition, len(log), key, value))
+        self.bytes[topic] += len(value or b"") + len(key or b"")
+        self.records[topic] += 1
+
+    async def send_many(self, topic: str, records: Iterable[Record]) -> None:
+        for key, value, partition in records:
+            await self.send(topic, value, key=key, partition=partition)
+
+    async def flush(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def take(self, topic: str, max_records: int) -> list[RawMessage]:
+        """Unread records of ``topic``, partition by partition, up to ``max_records``."""
+        out: list[RawMessage] = []
+        for partition in range(self.partitions):
+            log = self.logs.get((topic, partition))
+            if not log:
+                continue
+            start = self.read[(topic, partition)]
+            chunk = log[start : start + max_records - len(out)]
+            self.read[(topic, partition)] = start + len(chunk)
+            out.extend(chunk)
+            if len(out) >= max_records:
+                break
+        return out
+
+    def end(self, tp: TopicPartition) -> int:
+        return len(self.logs.get((tp.topic, tp.partition), ()))
+
+
+class Offline(Intake[Any]):
+    """An intake with no consumer: every partition of its topics owned, restored
+    empty; highwater from the captured log (the progress reports need it)."""
+
+    created: list[Offline] = []
+    captured: Captured
+
+    def __init__(self, settings: Settings, purpose: str, topics: Any, *args: Any, **kw: Any):
+        super().__init__(settings, purpose, topics, *args, **kw)
+        self.purpose = purpose
+        self.topics = sorted(topics)
+        self.owned = {
+            TopicPartition(t, p) for t in self.topics for p in range(settings.kafka.partitions)
+        }
+        for tp in self.owned:
+            self.states[source_of(tp)] = self._restore_state(tp, {})
+        Offline.created.append(self)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.owned)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.captured.end(tp)
+
+    async def handle(self, messages: list[RawMessage]) -> None:
+        await self._handler(Batch(messages, [time.time()] * len(messages)))
+
+
+def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
+    """A Faust timer's own function (not the loop around it)."""
+    for task in app._app_tasks:  # noqa: SLF001 - where Faust keeps timers
+        if task.__name__ == name:
+            return inspect.unwrap(task)
+    raise LookupError(name)
+
+
+async def run(settings: Settings, events: int, seed: int, console: Console) -> dict[str, Any]:
+    captured = Captured(settings)
+    Offline.captured = captured
+    Offline.created = []
+    worker_app.Outputs = lambda _settings: captured  # type: ignore[assignment,misc,return-value]
+    worker_app.Intake = Offline  # type: ignore[misc]
+    app = worker_app.create_app(settings, on_crash=lambda code: sys.exit(code))
+    stages = {intake.purpose: intake for intake in Offline.created}
+    progress_timer, emit_timer = timer(app, "outcome_progress"), timer(app, "emit_kpis")
+
+    raw = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
+    topic_of = {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
+    with console.status(f"simulating {events:,} events"):
+        for event in simulated(events, seed, datetime.now(UTC)):
+            key = key_of(event)
+            await captured.send(topic_of[family(event["event_type"])], encode(event), key=key)
+    captured.bytes.clear()
+    captured.records.clear()
+
+    internal = {
+        "outcomes": settings.topic("outcome_events"),
+        "kpis": settings.topic("kpi_contributions"),
+        "alerts": settings.topic("alert_events"),
+    }
+    batch_size = settings.streams.batch_size
+    cpu: dict[str, float] = defaultdict(float)
+
+    async def timed(name: str, call: Awaitable[None]) -> None:
+        started = time.process_time()
+        await call
+        cpu[name] += time.process_time() - started
+
+    async def drain_internal() -> None:
+        while True:
+            moved = False
+            for stage, topic in internal.items():
+                messages = captured.take(topic, batch_size)
+                if messages:
+                    moved = True
+                    await timed(stage, stages[stage].handle(messages))
+            if not moved:
+                return
+
+    done = 0
+    wall = time.perf_counter()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("stages", total=events)
+        batches = 0
+        while True:
+            messages: list[RawMessage] = []
+            for topic in raw:
+                messages.extend(captured.take(topic, batch_size - len(messages)))
+            if not messages:
+                break
+            await timed("ingest", stages["ingest"].handle(messages))
+            done += len(messages)
+            batches += 1
+            await drain_internal()
+            if batches % 4 == 0:  # the worker's 1 s timers, every few batches
+                await timed("progress", progress_timer())
+                await drain_internal()
+                await timed("emission", emit_timer())
+            bar.update(task, completed=done)
+        for _ in range(3):  # idle reports: the last decisions
+            await timed("progress", progress_timer())
+            await drain_internal()
+        await timed("emission", emit_timer())
+    wall = time.perf_counter() - wall
+    return {
+        "events": done,
+        "wall_s": wall,
+        "cpu": dict(cpu),
+        "records": dict(captured.records),
+        "bytes": dict(captured.bytes),
+    }
+
+
+def report(result: dict[str, Any], console: Console) -> None:
+    n = result["events"]
+    total = sum(result["cpu"].values())
+    table = Table(title=f"stages, {n:,} events: {n / total:,.0f} events/s of CPU")
+    for column in ("stage", "CPU s", "µs/event", "share"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, seconds in sorted(result["cpu"].items(), key=lambda kv: -kv[1]):
+        table.add_row(stage, f"{seconds:.2f}", f"{seconds / n * 1e6:.1f}", f"{seconds / total:.0%}")
+    console.print(table)
+    out = Table(title="outputs per raw event")
+    for column in ("topic", "records", "bytes"):
+        out.add_column(column, justify="left" if column == "topic" else "right")
+    for topic, count in sorted(result["records"].items()):
+        out.add_row(topic, f"{count / n:.3f}", f"{result['bytes'][topic] / n:,.0f}")
+    console.print(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", type=Path, help="write cProfile stats here")
+    args = parser.parse_args()
+    settings = load_settings()
+    # Never connected to: the outputs are captured and the intakes have no consumer.
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
+    settings = settings.model_copy(update={"kafka": kafka})
+    console = Console()
+    tune_gc()  # as the worker does
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    result = asyncio.run(run(settings, args.events, args.seed, console))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    report(result, console)
+
+
+if __name__ == "__main__":
+    main()
