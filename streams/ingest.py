@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -157,7 +158,12 @@ def forwarded(event: AnyEvent, received_at: datetime, late: bool) -> bytes:
     if event.received_at is not None:  # the pipeline's time wins over an emitter's
         event = event.model_copy(update={"received_at": None})
     body = event.model_dump_json(exclude_none=True).encode()
+    return body[:-1] + _received_suffix(received_at, late)
+
+
+@functools.lru_cache(maxsize=8)
+def _received_suffix(received_at: datetime, late: bool) -> bytes:
+    """What :func:`forwarded` splices in: the same for a whole batch (isoformat
+    costs ~3 µs a call)."""
     extra = b',"received_at":"' + received_at.isoformat().encode() + b'"'
-    if late:
-        extra += b',"late":true'
-    return body[:-1] + extra + b"}"
+    return extra + (b',"late":true}' if late else b"}")

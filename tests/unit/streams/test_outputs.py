@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 
 import aiokafka.record._crecords.default_records as _c_records
 import pytest
@@ -15,7 +16,14 @@ from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from touchstream.settings import load_settings
 from touchstream.streams.app import BUNDLE_ITEMS, bundle_chunks, contribution_key
-from touchstream.streams.outputs import LZ4_LEVEL, DeliveryFailed, Outputs, fast_lz4, partition_of
+from touchstream.streams.outputs import (
+    LZ4_LEVEL,
+    DeliveryFailed,
+    Outputs,
+    fast_lz4,
+    murmur2,
+    partition_of,
+)
 
 
 def test_partition_of_matches_the_java_client_partitioner() -> None:
@@ -25,6 +33,14 @@ def test_partition_of_matches_the_java_client_partitioner() -> None:
         expected = (kafka_python_murmur2(key) & 0x7FFFFFFF) % 12
         assert partition_of(key, 12) == expected
     assert {partition_of(f"k{i}".encode(), 6) for i in range(200)} == set(range(6))
+
+
+def test_murmur2_is_the_clients_murmur2_for_every_length() -> None:
+    rng = random.Random(7)  # noqa: S311 - test keys, not secrets
+    keys = [rng.randbytes(length) for length in range(70) for _ in range(20)]
+    keys += [b"\xff" * 9, b"\x80\x00\x00\x01", "kassé|ü".encode()]
+    for key in keys:
+        assert murmur2(key) == kafka_python_murmur2(key) & 0xFFFFFFFF, key
 
 
 def test_stock_kpis_are_keyed_by_their_stock() -> None:
