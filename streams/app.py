@@ -27,7 +27,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -552,17 +551,17 @@ def create_app(
         source = f"outcomes:{part.partition}"
         out: list[Contribution] = []
         for contribution in merged:
-            out.append(replace(contribution, source=source, offset=n))
+            out.append(contribution.numbered(source, n))
             n += 1
         if watermark is not None:
             settled = watermark - streams.allowed_lateness_s
             for kind in KINDS:
                 for decision in part.trackers[kind].decide(settled):
                     for contribution in decision_contributions(kind, decision):
-                        out.append(replace(contribution, source=source, offset=n))
+                        out.append(contribution.numbered(source, n))
                     n += 1
             for contribution in part.book.decide(settled):
-                out.append(replace(contribution, source=source, offset=n))
+                out.append(contribution.numbered(source, n))
                 n += 1
             part.anonymous.expire(settled)
         if out:
@@ -684,14 +683,15 @@ def create_app(
                         update = aggregator.update(group, window, version, now)
                         if update.counts:
                             updates.append((update, window))
+        records: list[Record] = []
         for update, window in updates:
-            await outputs.send(
-                kpis_name,
-                update.model_dump_json().encode(),
-                key=f"{update.key}|{window.start}".encode(),
+            key = f"{update.key}|{window.start}".encode()
+            records.append(
+                (key, update.model_dump_json().encode(), partition_of(key, kafka.partitions))
             )
             metrics.kpi_updates.labels(update.kpi).inc()
             metrics.kpis.observe(update)
+        await outputs.send_many(kpis_name, records)
         await outputs.flush()
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")

@@ -23,7 +23,7 @@ from touchstream.streams.eventtime import SourceState
 from touchstream.streams.kpis import Contribution, contributions_of
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1.5 µs more
 class RawMessage:
     topic: str
     partition: int

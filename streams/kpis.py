@@ -58,6 +58,13 @@ class Contribution:
     def group(self) -> str:
         return f"{self.kpi}|{self.channel}|{self.touchpoint}"
 
+    def numbered(self, source: str, offset: int) -> Contribution:
+        """The same contribution from ``source`` at ``offset`` (dataclasses.replace
+        costs ~5 µs, a third of an outcome decision)."""
+        return Contribution(
+            self.kpi, self.channel, self.touchpoint, self.at, self.counts, source, offset
+        )
+
 
 def score_counts(event_type: str, score: int) -> dict[str, dict[str, float]]:
     """Counts per KPI that a feedback score adds (boundaries from PRODUCT.md)."""
