@@ -25,7 +25,7 @@ import orjson
 from touchstream.schemas import KpiUpdate
 from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
 from touchstream.streams.kpis import Contribution, merge, value_of
-from touchstream.streams.state import NEXT_KEY, Changes
+from touchstream.streams.state import NEXT_KEY, BatchState
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
 Dirty = tuple[str, Window]
@@ -225,15 +225,16 @@ class KpiAggregator:
         return self.windows_of(self.all_buckets())
 
 
-class KpiPartition:
-    """One contributions partition: its buckets, the offset of the next bundle to
-    fold, and its checkpoint (each bucket changed since the last one, then the
-    next offset; the latest value per key of a compacted topic is the state).
+class KpiPartition(BatchState):
+    """One contributions partition: its buckets (the state's store), the offset of
+    the next bundle to fold, and its checkpoint: each bucket changed since the
+    last one, then the next offset (the latest value per key of a compacted topic
+    is the state).
 
-    Exact under restarts: a successor restores the latest value of every key and
-    resumes at the checkpointed next offset. Buckets written after that offset
-    (a checkpoint cut short) carry the source offsets they counted, so the
-    contributions read again are skipped where already counted."""
+    No write set ahead of the buckets (:class:`BatchState`'s ``#pending``): a
+    successor that restores part of a batch's buckets and the next offset before
+    it folds the batch's contributions again, and the buckets that already have
+    them skip them (each bucket keeps the highest offset it counted per source)."""
 
     def __init__(
         self,
@@ -242,15 +243,8 @@ class KpiPartition:
         with_daily: bool = True,
         records: Mapping[str, bytes | None] | None = None,
     ) -> None:
-        self.buckets = Changes()
-        self.next_offset = 0
-        for key, value in (records or {}).items():
-            if key == NEXT_KEY:
-                self.next_offset = int(orjson.loads(value)) if value is not None else 0
-            elif value is not None and not key.startswith(META_PREFIX):
-                self.buckets[key] = orjson.loads(value)
-        self.buckets.taken()
-        self.aggregator = KpiAggregator(self.buckets, size_s, step_s, with_daily)
+        super().__init__(records)
+        self.aggregator = KpiAggregator(self.store, size_s, step_s, with_daily)
 
     def fold(self, offset: int, value: bytes | None) -> tuple[list[DirtyBucket], int]:
         """A bundle at ``offset``: the buckets it changed, and how many of its
@@ -280,8 +274,11 @@ class KpiPartition:
         self.next_offset = offset + 1
         return dirty, replays
 
-    def checkpoint(self) -> list[tuple[str, bytes]]:
+    def checkpoint(self) -> list[tuple[str, bytes | None]]:
         """Records for what changed since the last checkpoint, the next offset last."""
-        out = [(key, orjson.dumps(self.buckets[key])) for key in self.buckets.taken()]
+        out: list[tuple[str, bytes | None]] = []
+        for key in self.store.taken():
+            value = self.store.get(key)
+            out.append((key, None if value is None else orjson.dumps(value)))
         out.append((NEXT_KEY, orjson.dumps(self.next_offset)))
         return out

@@ -522,7 +522,6 @@ def create_app(
         await send_stitched(stitched)
         watermark = combined_watermark([part.marks.get(source) for source in outcome_sources])
         await decide(part, offset, watermark, merged)
-        part.apply()  # after the decisions are sent (flushed with the batch)
 
     async def send_stitched(stitched: dict[str, list[Any]]) -> None:
         """Anonymous ids' touches to their customers' outcome partitions (sent before

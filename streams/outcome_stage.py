@@ -1,8 +1,8 @@
 """One partition of the outcome events, as the outcome stage keeps it: checkout
 and cart trackers, the customer book, the anonymous ids' book and the progress
 marks of the raw sources, in one :class:`BatchState` (checkpointed to the
-compacted outcome-state topic after each batch; keys prefixed by what they are,
-as :class:`PartitionStore` lays them out)."""
+compacted outcome-state topic after each batch; keys prefixed by what they are:
+:class:`PrefixedStore`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from touchstream.streams.customers import AnonymousBook, CustomerBook
 from touchstream.streams.outcomes import KINDS, OutcomeTracker
-from touchstream.streams.state import BatchState, PartitionStore
+from touchstream.streams.state import BatchState, PrefixedStore
 
 
 class OutcomePartition(BatchState):
@@ -23,7 +23,6 @@ class OutcomePartition(BatchState):
     ) -> None:
         super().__init__(records)
         self.partition = partition
-        self._stores: list[PartitionStore] = []
         self.trackers = {
             kind: OutcomeTracker(abandonment_timeout_s, store=self._store(kind)) for kind in KINDS
         }
@@ -35,13 +34,5 @@ class OutcomePartition(BatchState):
         self.book.rebuild()
         self.anonymous.rebuild()
 
-    def _store(self, prefix: str) -> PartitionStore:
-        store = PartitionStore(self.store, self.partition, prefix)
-        self._stores.append(store)
-        return store
-
-    def apply(self) -> None:
-        """The writes of the message at hand, into the state (after its decisions
-        were sent: :class:`PartitionStore`)."""
-        for store in self._stores:
-            store.apply()
+    def _store(self, prefix: str) -> PrefixedStore:
+        return PrefixedStore(self.store, prefix)

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.samples import wire
 from touchstream.schemas import Invalid, parse_object
 from touchstream.schemas.events import AnyEvent
+from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
     Decision,
     OutcomeTracker,
@@ -14,7 +13,7 @@ from touchstream.streams.outcomes import (
     decision_contributions,
     ops_of,
 )
-from touchstream.streams.state import PartitionStore, WriteBehind
+from touchstream.streams.state import Changes, PrefixedStore
 
 MIN = 60.0
 T = 1_000_000.0
@@ -137,54 +136,59 @@ def test_a_decision_counts_once_at_its_start_under_its_group_and_overall() -> No
     assert dict(out[0].counts) == {"abandoned": 1.0, "decided": 1.0}
 
 
-def test_partition_stores_share_one_table_and_see_only_their_own() -> None:
-    table: dict[str, dict] = {}
-    p0 = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
-    p1 = OutcomeTracker(30 * MIN, store=PartitionStore(table, 1))
-    p0.start("a", "web", "checkout", T)
-    p1.start("b", "web", "checkout", T)
-    assert len(p0) == 1 and table == {}  # written behind: nothing in the table yet
-    p0.store.apply()  # type: ignore[attr-defined]
-    p1.store.apply()  # type: ignore[attr-defined]
-    assert set(PartitionStore(table, 0)) == {"a"} and set(PartitionStore(table, 1)) == {"b"}
-    again = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
+def test_prefixed_stores_share_a_store_without_seeing_each_other() -> None:
+    table = Changes()
+    carts, marks = PrefixedStore(table, "cart"), PrefixedStore(table, "mark|3")
+    carts["x"] = {"first_seen": T, "touches": []}
+    marks["clicks:0"] = {"at": T, "idle": False}
+    assert set(table) == {"cart|x", "mark|3|clicks:0"} and table.taken() == sorted(table)
+    assert set(PrefixedStore(table, "cart")) == {"x"} and len(marks) == 1
+    assert PrefixedStore(table, "mark|3")["clicks:0"]["at"] == T
+    # Copied out and in: an entity changes only when written back (and is then
+    # in the next checkpoint's write set).
+    carts["x"]["touches"] = ["lost"]
+    assert carts["x"]["touches"] == [] and table.taken() == []
+    carts["x"] = {**carts["x"], "touches": ["kept"]}
+    assert table["cart|x"]["touches"] == ["kept"] and table.taken() == ["cart|x"]
+    del carts["x"]
+    assert set(carts) == set() and table.taken() == ["cart|x"]
+    with pytest.raises(KeyError):
+        del carts["x"]
+
+
+def test_entities_checkpointed_with_their_partition_still_restore() -> None:
+    # Builds that kept every partition in one table stamped entities with "p".
+    table = Changes()
+    table["checkout|a"] = {
+        "first_seen": T,
+        "started_at": T,
+        "channel": "web",
+        "touches": [[T, "checkout"]],
+        "p": 0,
+    }
+    again = OutcomeTracker(30 * MIN, store=PrefixedStore(table, "checkout"))
     again.rebuild()
     assert [d.entity_id for d in again.decide(T + 30 * MIN)] == ["a"]
 
 
-def test_a_decision_reaches_the_table_only_when_applied() -> None:
-    """The worker applies a message's writes after its decisions are flushed: a
-    crash in between leaves the entity open, so the replay decides it again."""
-    table: dict[str, dict] = {}
-    store = PartitionStore(table, 0)
-    tracker = OutcomeTracker(30 * MIN, store=store)
-    tracker.start("a", "web", "checkout", T)
-    tracker.start("b", "web", "checkout", T)
-    store.apply()
-    assert [d.entity_id for d in tracker.decide(T + 30 * MIN)] == ["a", "b"]
-    assert all(table[k].get("decided_at") is None for k in ("a", "b"))  # a crash here...
-    replay = OutcomeTracker(30 * MIN, store=PartitionStore(table, 0))
-    replay.rebuild()
-    assert [d.entity_id for d in replay.decide(T + 30 * MIN)] == ["a", "b"]  # ...decides again
-    store.apply()
-    assert all(table[k]["decided_at"] == T + 30 * MIN for k in ("a", "b"))
-    del store["a"]
-    assert "a" in table and set(store) == {"b"}
-    store.apply()
-    assert set(table) == {"b"}
-
-
-def test_prefixed_stores_share_a_table_without_seeing_each_other() -> None:
-    table: dict[str, dict] = {}
-    carts, marks = PartitionStore(table, 3, "cart"), PartitionStore(table, 3, "mark|3")
-    carts["x"] = {"first_seen": T, "touches": []}
-    marks["clicks:0"] = {"at": T, "idle": False}
-    carts.apply()
-    marks.apply()
-    assert set(table) == {"cart|x", "mark|3|clicks:0"}
-    assert set(PartitionStore(table, 3, "cart")) == {"x"}
-    assert PartitionStore(table, 3, "mark|3")["clicks:0"]["at"] == T
-    assert set(PartitionStore(table, 4, "cart")) == set()  # another partition's
+def test_a_batch_not_checkpointed_is_decided_again_after_a_restart() -> None:
+    """Writes go straight to the partition's state, which is checkpointed only
+    after the batch's outputs are flushed: a crash in between restores the state
+    from before the batch, and the replay decides the same entities again."""
+    part = OutcomePartition(0, 30 * MIN, 90 * 86_400.0)
+    checkouts = part.trackers["checkout"]
+    checkouts.start("a", "web", "checkout", T)
+    checkouts.start("b", "web", "checkout", T)
+    part.next_offset = 1
+    before = dict(part.checkpoint())
+    assert [d.entity_id for d in checkouts.decide(T + 30 * MIN)] == ["a", "b"]
+    # ...the worker dies before this batch's checkpoint:
+    again = OutcomePartition(0, 30 * MIN, 90 * 86_400.0, before)
+    decided = again.trackers["checkout"].decide(T + 30 * MIN)
+    assert [d.entity_id for d in decided] == ["a", "b"] and again.next_offset == 1
+    part.next_offset = 2
+    after = OutcomePartition(0, 30 * MIN, 90 * 86_400.0, {**before, **dict(part.checkpoint())})
+    assert after.trackers["checkout"].decide(T + 60 * MIN) == []  # decided: said once
 
 
 def test_combined_watermark_waits_for_the_slowest_source_idle_or_not() -> None:
@@ -209,25 +213,3 @@ def test_combined_watermark_waits_for_the_slowest_source_idle_or_not() -> None:
     assert combined_watermark([done, quiet]) == 30.0
     assert combined_watermark([done, empty_idle]) == 500.0
     assert combined_watermark([empty_idle]) is None
-
-
-def test_write_behind_writes_each_changed_key_once_when_applied() -> None:
-    writes: list[str] = []
-
-    class Logged(dict[str, Any]):
-        def __setitem__(self, key: str, value: Any) -> None:
-            writes.append(key)
-            super().__setitem__(key, value)
-
-    table = Logged(old={"n": 1}, gone={"n": 0})
-    store = WriteBehind(table)
-    for n in range(5):  # a bundle bumping one bucket five times
-        store["b"] = {"n": n}
-    store["old"] = {"n": 2}
-    del store["gone"]
-    assert store["b"] == {"n": 4} and "gone" not in store and set(store) == {"old", "b"}
-    assert writes == [] and table["old"] == {"n": 1}  # nothing written yet
-    store.apply()
-    assert sorted(writes) == ["b", "old"] and table == {"old": {"n": 2}, "b": {"n": 4}}
-    with pytest.raises(KeyError):
-        del store["gone"]
