@@ -176,7 +176,9 @@ class OutcomeTracker:
         self._schedule(entity_id, entity)
 
     def _schedule(self, entity_id: str, entity: Entity) -> None:
-        if entity.get("decided_at") is not None:
+        decided_at = entity.get("decided_at")
+        if decided_at is not None:  # kept for stragglers, then forgotten
+            heapq.heappush(self._due, (decided_at + self.timeout_s, entity_id))
             return
         start = entity.get("started_at")
         if start is None:
@@ -217,7 +219,15 @@ class OutcomeTracker:
         while self._due and self._due[0][0] <= watermark:
             _, entity_id = heapq.heappop(self._due)
             entity = self.store.get(entity_id)
-            if entity is None or entity.get("decided_at") is not None:
+            if entity is None:
+                continue
+            decided_at = entity.get("decided_at")
+            if decided_at is not None:
+                # Kept one more timeout after its decision to ignore stragglers
+                # (events of an idle source that were not late there), then
+                # forgotten: the state holds open entities, not every one ever.
+                if watermark >= decided_at + self.timeout_s:
+                    del self.store[entity_id]
                 continue
             start = entity.get("started_at")
             if start is None:
@@ -240,17 +250,8 @@ class OutcomeTracker:
         touches = entity["touches"]
         index = bisect.bisect_right(touches, [at, "\uffff"]) - 1
         touchpoint = touches[index][1] if index >= 0 else ""
-        # Keep only what ignoring stragglers needs.
-        self.store[entity_id] = {"decided_at": at, "first_seen": entity["first_seen"]}
+        # Keep only what ignoring stragglers needs, until it is forgotten (decide()).
+        decided = {"decided_at": at, "first_seen": entity["first_seen"]}
+        self.store[entity_id] = decided
+        self._schedule(entity_id, decided)
         return Decision(entity_id, entity["channel"], touchpoint, entity["started_at"], abandoned)
-
-    def forget_decided_before(self, watermark: float) -> int:
-        """Decided ids are kept to ignore stragglers; drop those past all lateness."""
-        old = [
-            entity_id
-            for entity_id, entity in self.store.items()
-            if entity.get("decided_at") is not None and entity["decided_at"] < watermark
-        ]
-        for entity_id in old:
-            del self.store[entity_id]
-        return len(old)
