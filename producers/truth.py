@@ -372,7 +372,9 @@ def _customers(
     or when the horizon passes after the last order with no subscription running;
     attributed to the last interaction (and the last detractor feedback) before
     the churning moment, anonymous events included once their id is linked to
-    the customer; rates over the stock active at the window start."""
+    the customer; rates over the stock active at the window start. A customer
+    with nothing running, quiet for the horizon since their last interaction or
+    churn, is forgotten: a later interaction starts afresh."""
     timelines: dict[str, list[tuple[float, str, str, str, bool, str]]] = defaultdict(list)
     # Identity stitching: an anonymous id belongs to the customer of its latest
     # link in event time (identify, or any event carrying both ids); its events
@@ -412,8 +414,11 @@ def _customers(
         last_touch: tuple[str, str] | None = None
         last_detractor: tuple[str, str] | None = None
         running: dict[str, bool] = {}
+        last_seen: float | None = None  # the last interaction or churn, in event time
 
         def churn(at: float, touch: tuple[str, str] | None, bad: tuple[str, str] | None) -> bool:
+            nonlocal last_seen
+            last_seen = max(last_seen or at, at)
             stock("active_delta", at, -1.0)
             if touch is not None:
                 _add(truth, "churn", *touch, at, {"churned": 1}, overall=False)
@@ -428,6 +433,16 @@ def _customers(
             if active and last_order is not None and not any(running.values()):
                 if last_order + horizon_s < at and last_order + horizon_s <= final_watermark:
                     active = churn(last_order + horizon_s, last_touch, last_detractor)
+            if (
+                not active
+                and not any(running.values())
+                and last_seen is not None
+                and last_seen + horizon_s < at
+            ):
+                # Quiet for the horizon with nothing running: forgotten, so what
+                # follows starts afresh (no detractor feedback from before).
+                last_order = last_touch = last_detractor = last_seen = None
+                running = {}
             if kind in ("order", "subscription_started") and not active:
                 active = True
                 stock("active_delta", at, 1.0)
@@ -445,6 +460,7 @@ def _customers(
             elif kind == "plan_upgraded":
                 _add(truth, "upsell", channel, touchpoint, at, {"upgrades": 1})
             last_touch = (channel, touchpoint)
+            last_seen = at
             if detractor:
                 last_detractor = (channel, touchpoint)
         if active and last_order is not None and not any(running.values()):

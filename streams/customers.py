@@ -35,6 +35,13 @@ newer, and a churn it precedes is re-attributed to it (a -1 for the old
 touchpoint, a +1 for the new), so the result does not depend on arrival order.
 Orders and subscription events count for churn only with a ``customer_id``.
 
+A customer with nothing running (not active, no subscription active) who has
+been quiet for the churn horizon since their last interaction or churn is
+forgotten, in event time like everything else: their state is dropped, and an
+interaction after that starts afresh (their older detractor feedback no longer
+attributes a later churn). The state then holds the customers of the last
+horizon, not every customer ever seen.
+
 State lives in any mutable mapping of JSON-able dicts, one per customer.
 """
 
@@ -136,9 +143,9 @@ class CustomerBook:
 
     def _schedule(self, customer_id: str, state: dict[str, Any]) -> None:
         times = [float(state["pending"][0][0])] if state["pending"] else []
-        horizon = self._horizon_due(state)
-        if horizon is not None:
-            times.append(horizon)
+        for due in (self._horizon_due(state), self._quiet_due(state)):
+            if due is not None:
+                times.append(due)
         self._due.set(customer_id, min(times) if times else None)
 
     def add(self, customer_id: str, touches: Iterable[Touch]) -> list[Contribution]:
@@ -168,15 +175,7 @@ class CustomerBook:
         found = self.store.get(customer_id)
         if found:
             return dict(found)
-        return {
-            "pending": [],
-            "active": False,
-            "last_order": None,
-            "last_touch": None,
-            "last_detractor": None,
-            "subscriptions": {},
-            "churns": [],  # [at, last touch, last detractor]: for late re-attribution
-        }
+        return {"pending": [], **_fresh()}
 
     def decide(self, watermark: float) -> list[Contribution]:
         """Apply every customer's history up to the watermark; the contributions."""
@@ -187,6 +186,10 @@ class CustomerBook:
                 continue
             state = dict(found)
             self._advance(state, watermark, out)
+            if not state["pending"] and _forgotten(state):
+                del self.store[customer_id]
+                self._due.set(customer_id, None)
+                continue
             state["decided_until"] = watermark
             self.store[customer_id] = state
             self._schedule(customer_id, state)
@@ -205,11 +208,25 @@ class CustomerBook:
             ):
                 self._churn(state, horizon, out)
                 continue
+            quiet = self._quiet_due(state)
+            if quiet is not None and quiet <= watermark and (next_at is None or quiet < next_at):
+                state.update(_fresh(), pending=pending)  # quiet for the horizon: forgotten
+                continue
             if next_at is None or next_at > watermark:
                 break
             self._apply(state, pending[due], out)
             due += 1
         state["pending"] = pending[due:]
+
+    def _quiet_due(self, state: dict[str, Any]) -> float | None:
+        """When a customer with nothing running is forgotten: a horizon after their
+        last interaction or churn (None while active or subscribed)."""
+        if state["active"] or any(s == "active" for s in state["subscriptions"].values()):
+            return None
+        times = [float(state["last_touch"][0])] if state["last_touch"] is not None else []
+        if state.get("churns"):
+            times.append(float(state["churns"][-1][0]))
+        return max(times) + self.horizon_s if times else None
 
     def _horizon_due(self, state: dict[str, Any]) -> float | None:
         if not state["active"] or state["last_order"] is None:
@@ -264,6 +281,24 @@ class CustomerBook:
             out.append(Contribution("churn_detractor", detractor[1], detractor[2], at, counts))
             out.append(Contribution("churn_detractor", OVERALL, OVERALL, at, counts))
         state["churns"] = [*state.get("churns", []), [at, touch, detractor]]
+
+
+def _fresh() -> dict[str, Any]:
+    """A customer's state before anything is known of them (but their pending
+    touches)."""
+    return {
+        "active": False,
+        "last_order": None,
+        "last_touch": None,
+        "last_detractor": None,
+        "subscriptions": {},
+        "churns": [],  # [at, last touch, last detractor]: for late re-attribution
+    }
+
+
+def _forgotten(state: dict[str, Any]) -> bool:
+    """Nothing left of a customer (forgotten, or never more than pending)."""
+    return all(state.get(key) == value for key, value in _fresh().items())
 
 
 def _merge_late(state: dict[str, Any], touch: Touch, out: list[Contribution]) -> None:

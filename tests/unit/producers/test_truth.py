@@ -222,3 +222,33 @@ def test_anonymous_interactions_count_for_the_customer_they_are_linked_to() -> N
     assert rows[("churn_detractor", "support_chat", day, 86_400)]["numerator"] == 1.0
     # The anonymous order activated nobody: one activation (the subscription).
     assert [delta for _, delta in truth.stocks["active_delta"]] == [1.0, -1.0]
+
+
+def test_a_customer_quiet_for_the_horizon_starts_afresh() -> None:
+    # The worker forgets a customer with nothing running once quiet for the churn
+    # horizon; the truth does the same: c-q's detractor NPS before the gap does
+    # not attribute the churn after it, c-r's (no gap) does.
+    sub = {"subscription_id": "s-1", "plan": "basic"}
+    later = {"subscription_id": "s-2", "plan": "basic"}
+    stream = [
+        msg("nps_response", 0, who="c-q", touchpoint="delivery", score=2),
+        msg("nps_response", 0, who="c-r", touchpoint="delivery", score=2),
+        msg("page_view", 1, who="c-q", touchpoint="home", url="/"),
+        msg("page_view", 1, who="c-r", touchpoint="home", url="/"),
+        msg("subscription_started", 62, who="c-q", touchpoint="account", **sub),
+        msg("subscription_started", 60, who="c-r", touchpoint="account", **sub),
+        msg("subscription_cancelled", 70, who="c-q", touchpoint="account", **sub),
+        msg("subscription_cancelled", 70, who="c-r", touchpoint="account", **sub),
+        msg("subscription_started", 71, who="c-z", touchpoint="account", **later),
+        msg("page_view", 150, who="c-z", touchpoint="home", url="/"),
+    ]
+    truth = ground_truth(stream, allowed_lateness_s=600, churn_horizon_s=3600)
+    start = int(T0.timestamp())
+    rows = {
+        (r["kpi"], r["touchpoint"], r["window_start"], r["window_size"]): r for r in truth.rows()
+    }
+    # Both churn at 11:10; c-q was quiet from 10:01 past 11:01 (the horizon) when
+    # it came back at 11:02, c-r came back at 11:00.
+    day = start - 10 * 3600
+    assert rows[("churn", "account", day, 86_400)]["numerator"] == 2.0
+    assert rows[("churn_detractor", "delivery", day, 86_400)]["numerator"] == 1.0

@@ -219,3 +219,38 @@ def test_which_events_link_ids_and_which_are_anonymous_interactions() -> None:
     assert link_of(alone) is None and touch_of(alone) is None
     assert anonymous_touch_of(alone) == ("a-1", [at, "touch", "whatsapp", "support_chat", True, ""])
     assert link_of(event(customer_id="c-1")) is None
+
+
+def test_a_quiet_customer_with_nothing_running_is_forgotten_after_the_horizon() -> None:
+    # Churned at 200 (cancellation) after a detractor NPS: kept for the horizon,
+    # then forgotten. An order after that starts afresh: its churn has no
+    # detractor attribution. A touch before the horizon keeps the state.
+    store: dict[str, Any] = {}
+    book = CustomerBook(store, H)
+    book.add("c9", [touch(100, "order"), touch(150, tp="delivery", bad=True)])
+    book.add("c9", [touch(200, "subscription_cancelled", "account", sub="s1")])
+    book.add("c9", [touch(210, "subscription_started", "account", sub="s2")])
+    book.add("c9", [touch(220, "subscription_cancelled", "account", sub="s2")])
+    book.decide(300)
+    assert book.decide(220 + H - 1) == [] and "c9" in store
+    assert book.decide(220 + H) == [] and "c9" not in store  # quiet for the horizon
+    book.add("c9", [touch(2 * H, "order", "checkout")])
+    book.add("c9", [touch(2 * H + 10, "subscription_started", "account", sub="s3")])
+    book.add("c9", [touch(2 * H + 20, "subscription_cancelled", "account", sub="s3")])
+    out = summary(book.decide(2 * H + 30))
+    assert ("churn", "account", 2 * H + 20, (("churned", 1.0),)) in out
+    assert [c for c in out if c[0] == "churn_detractor"] == []  # the old NPS is gone
+    # Never ordered: only browsing, forgotten a horizon after the last touch; a
+    # touch within the horizon keeps it (and moves the date).
+    book.add("v1", [touch(10), touch(20 + H - 1)])
+    book.decide(30 + H)
+    assert "v1" in store
+    book.decide(20 + 2 * H - 1)
+    assert book.decide(20 + 2 * H) == [] and "v1" not in store
+    # A restart rebuilds the due times from the store.
+    book.add("v2", [touch(3 * H)])
+    book.decide(3 * H + 1)
+    again = CustomerBook(dict(store), H)
+    again.rebuild()
+    again.decide(4 * H)
+    assert "v2" not in again.store
