@@ -25,7 +25,6 @@ every open entity.
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from touchstream.schemas.events import (
     RemoveFromCart,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
+from touchstream.streams.state import Schedule
 
 Entity = dict[str, Any]  # started_at, channel, completed_at, touches, first_seen, decided_at
 
@@ -152,14 +152,14 @@ class Decision:
 class OutcomeTracker:
     timeout_s: float
     store: MutableMapping[str, Entity] = field(default_factory=dict)
-    _due: list[tuple[float, str]] = field(default_factory=list)
+    _due: Schedule = field(default_factory=Schedule)  # one live due time per entity
 
     def __len__(self) -> int:
         return sum(1 for e in self.store.values() if e.get("decided_at") is None)
 
     def rebuild(self) -> None:
-        """After a restart: reschedule every open entity of the store."""
-        self._due = []
+        """After a restart: reschedule every entity of the store."""
+        self._due.clear()
         for entity_id, entity in self.store.items():
             self._schedule(entity_id, entity)
 
@@ -178,16 +178,15 @@ class OutcomeTracker:
     def _schedule(self, entity_id: str, entity: Entity) -> None:
         decided_at = entity.get("decided_at")
         if decided_at is not None:  # kept for stragglers, then forgotten
-            heapq.heappush(self._due, (decided_at + self.timeout_s, entity_id))
+            self._due.set(entity_id, decided_at + self.timeout_s)
             return
         start = entity.get("started_at")
         if start is None:
-            heapq.heappush(self._due, (entity["first_seen"] + self.timeout_s, entity_id))
+            self._due.set(entity_id, entity["first_seen"] + self.timeout_s)
             return
         deadline = start + self.timeout_s
         done = entity.get("completed_at")
-        due = done if done is not None and done <= deadline else deadline
-        heapq.heappush(self._due, (due, entity_id))
+        self._due.set(entity_id, done if done is not None and done <= deadline else deadline)
 
     def start(self, entity_id: str, channel: str, touchpoint: str, at: float) -> None:
         entity = self._entity(entity_id, at)
@@ -216,34 +215,25 @@ class OutcomeTracker:
     def decide(self, watermark: float) -> list[Decision]:
         """Entities whose outcome the watermark settles now (each returned once)."""
         decided = []
-        while self._due and self._due[0][0] <= watermark:
-            _, entity_id = heapq.heappop(self._due)
+        for entity_id in self._due.due(watermark):  # each at its one due time
             entity = self.store.get(entity_id)
             if entity is None:
                 continue
-            decided_at = entity.get("decided_at")
-            if decided_at is not None:
-                # Kept one more timeout after its decision to ignore stragglers
-                # (events of an idle source that were not late there), then
-                # forgotten: the state holds open entities, not every one ever.
-                if watermark >= decided_at + self.timeout_s:
-                    del self.store[entity_id]
-                continue
             start = entity.get("started_at")
-            if start is None:
-                # Progress without a start (its start was late or lost): it can never
-                # be decided; forget it once a start could no longer be on time.
-                if watermark >= entity["first_seen"] + self.timeout_s:
-                    del self.store[entity_id]
+            if entity.get("decided_at") is not None or start is None:
+                # Decided: kept one more timeout to ignore stragglers (events of an
+                # idle source that were not late there), then forgotten, so the
+                # state holds open entities, not every one ever. Progress without
+                # a start (its start was late or lost) can never be decided:
+                # forgotten once a start could no longer be on time.
+                del self.store[entity_id]
                 continue
             deadline = start + self.timeout_s
             done = entity.get("completed_at")
-            if done is not None and done <= deadline and watermark >= done:
+            if done is not None and done <= deadline:
                 decided.append(self._decide(entity_id, entity, done, abandoned=False))
-            elif watermark >= deadline:
-                decided.append(self._decide(entity_id, entity, deadline, abandoned=True))
             else:
-                self._schedule(entity_id, entity)  # a stale heap entry: not due yet
+                decided.append(self._decide(entity_id, entity, deadline, abandoned=True))
         return decided
 
     def _decide(self, entity_id: str, entity: Entity, at: float, abandoned: bool) -> Decision:
