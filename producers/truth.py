@@ -418,7 +418,7 @@ def _customers(
 
         def churn(at: float, touch: tuple[str, str] | None, bad: tuple[str, str] | None) -> bool:
             nonlocal last_seen
-            last_seen = max(last_seen or at, at)
+            last_seen = at if last_seen is None else max(last_seen, at)
             stock("active_delta", at, -1.0)
             if touch is not None:
                 _add(truth, "churn", *touch, at, {"churned": 1}, overall=False)

@@ -276,9 +276,4 @@ class KpiPartition(BatchState):
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
         """Records for what changed since the last checkpoint, the next offset last."""
-        out: list[tuple[str, bytes | None]] = []
-        for key in self.store.taken():
-            value = self.store.get(key)
-            out.append((key, None if value is None else orjson.dumps(value)))
-        out.append((NEXT_KEY, orjson.dumps(self.next_offset)))
-        return out
+        return [*self._encoded_writes(), (NEXT_KEY, orjson.dumps(self.next_offset))]

@@ -221,7 +221,7 @@ class CustomerBook:
     def _quiet_due(self, state: dict[str, Any]) -> float | None:
         """When a customer with nothing running is forgotten: a horizon after their
         last interaction or churn (None while active or subscribed)."""
-        if state["active"] or any(s == "active" for s in state["subscriptions"].values()):
+        if state["active"] or _subscribed(state):
             return None
         times = [float(state["last_touch"][0])] if state["last_touch"] is not None else []
         if state.get("churns"):
@@ -231,7 +231,7 @@ class CustomerBook:
     def _horizon_due(self, state: dict[str, Any]) -> float | None:
         if not state["active"] or state["last_order"] is None:
             return None
-        if any(status == "active" for status in state["subscriptions"].values()):
+        if _subscribed(state):
             return None
         return float(state["last_order"]) + self.horizon_s
 
@@ -281,6 +281,11 @@ class CustomerBook:
             out.append(Contribution("churn_detractor", detractor[1], detractor[2], at, counts))
             out.append(Contribution("churn_detractor", OVERALL, OVERALL, at, counts))
         state["churns"] = [*state.get("churns", []), [at, touch, detractor]]
+
+
+def _subscribed(state: dict[str, Any]) -> bool:
+    """A subscription of the customer is running (no horizon churn, not quiet)."""
+    return any(status == "active" for status in state["subscriptions"].values())
 
 
 def _fresh() -> dict[str, Any]:

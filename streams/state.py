@@ -162,14 +162,10 @@ class BatchState:
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
         """The records for what changed since the last checkpoint (see the class).
         Each value is encoded once; the write set is spliced from those bytes."""
-        keys = self.store.taken()
+        writes = self._encoded_writes()
         next_record = (NEXT_KEY, orjson.dumps(self.next_offset))
-        if not keys:
+        if not writes:
             return [next_record]
-        writes: list[tuple[str, bytes | None]] = []
-        for key in keys:
-            value = self.store.get(key)
-            writes.append((key, None if value is None else orjson.dumps(value)))
         chunks = _chunks(writes)
         out: list[tuple[str, bytes | None]] = []
         for index, items in enumerate(chunks):
@@ -178,6 +174,15 @@ class BatchState:
         out += writes
         out.append(next_record)
         return out
+
+    def _encoded_writes(self) -> list[tuple[str, bytes | None]]:
+        """Each key written or deleted since the last checkpoint, with its value
+        encoded (None: a tombstone)."""
+        writes: list[tuple[str, bytes | None]] = []
+        for key in self.store.taken():
+            value = self.store.get(key)
+            writes.append((key, None if value is None else orjson.dumps(value)))
+        return writes
 
 
 def _chunks(writes: Iterable[tuple[str, bytes | None]]) -> list[list[bytes]]:
