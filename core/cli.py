@@ -139,8 +139,10 @@ def demo(
 
 @app.command(epilog=_env_help("kafka", "topics", "streams", "metrics"))
 def worker() -> None:
-    """Run one stream worker (Faust) against the configured broker, until SIGTERM."""
-    from touchstream.streams.worker import run_worker
+    """Run the stream worker (Faust) against the configured broker, until SIGTERM: one
+    process, or STREAMS__PROCESSES of them in one consumer group (0: one per CPU)."""
+    from touchstream.streams.processes import worker_processes
+    from touchstream.streams.worker import run
 
     settings = _settings()
     if settings.local_broker:
@@ -148,7 +150,9 @@ def worker() -> None:
             "[red]TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS is not set[/] (or use `touchstream up`)"
         )
         raise typer.Exit(2)
-    run_worker(settings)
+    if worker_processes(settings) > 1:
+        _logging(settings)
+    raise typer.Exit(run(settings))
 
 
 @app.command(epilog=_env_help("kafka", "topics", "clickhouse", "sink", "metrics"))

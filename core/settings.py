@@ -293,6 +293,12 @@ class StreamsSettings(BaseModel):
         default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
     web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
+    processes: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="processes of `touchstream worker`; 0 = one per CPU, at most the partitions",
+    )
 
     @model_validator(mode="after")
     def _aligned(self) -> StreamsSettings:
@@ -325,7 +331,12 @@ class MetricsSettings(BaseModel):
     enabled: bool = Field(default=True, description="serve /metrics")
     host: str = Field(default="127.0.0.1", description="bind address of /metrics")
     port: int = Field(default=9464, ge=0, le=65535, description="up / sink; 0 = free port")
-    worker_port: int = Field(default=9465, ge=0, le=65535, description="stream worker")
+    worker_port: int = Field(
+        default=9465,
+        ge=0,
+        le=65535,
+        description="stream worker (all of its processes)",
+    )
     namespace: str = Field(default="touchstream", description="metric name prefix")
 
 

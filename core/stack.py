@@ -29,6 +29,7 @@ from touchstream.sinks.clickhouse import ROLES, ClickHouseSink, default_routes
 from touchstream.sinks.client import connect
 from touchstream.sinks.migrate import migrate
 from touchstream.sinks.runner import SinkRunner
+from touchstream.streams.processes import worker_processes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RuntimeInfo:
     worker_metrics_port: int
     embedded_clickhouse: bool
     http_port: int = 0
+    worker_processes: int = 1
 
     @staticmethod
     def path(settings: Settings) -> Path:
@@ -141,6 +143,7 @@ class Stack:
             "sink_buffered": runner.sink.buffered if runner is not None else None,
             "worker_running": self.worker is not None and self.worker.poll() is None,
             "worker_metrics_port": self.settings.metrics.worker_port,
+            "worker_processes": worker_processes(self.settings),
         }
 
     def _start_metrics(self) -> None:
@@ -173,10 +176,10 @@ class Stack:
             log_file.close()
 
     def kill_worker(self, restart: bool = True) -> None:
-        """SIGKILL the stream worker mid-whatever, and start a new one (fault
-        injection: nothing is flushed, committed or said goodbye to)."""
+        """SIGKILL the stream worker, all of its processes, mid-whatever, and start a
+        new one (fault injection: nothing is flushed, committed or said goodbye to)."""
         if self.worker is not None and self.worker.poll() is None:
-            self.worker.kill()
+            _kill_group(self.worker)
             self.worker.wait(timeout=10)
         if restart:
             self._start_worker()
@@ -200,6 +203,7 @@ class Stack:
             bootstrap_servers=self.settings.kafka.bootstrap_servers or "",
             metrics_port=self.metrics_port,
             worker_metrics_port=self.settings.metrics.worker_port,
+            worker_processes=worker_processes(self.settings),
             embedded_clickhouse=self.settings.embedded_clickhouse,
             http_port=self.http_port,
         )
@@ -248,7 +252,7 @@ class Stack:
             try:
                 await asyncio.to_thread(self.worker.wait, 20)
             except subprocess.TimeoutExpired:
-                self.worker.kill()
+                _kill_group(self.worker)
                 await asyncio.to_thread(self.worker.wait, 5)
         server: Any = getattr(self, "_metrics_server", None)
         if server is not None:
@@ -276,3 +280,13 @@ def connect_running(settings: Settings, info: RuntimeInfo, writer: bool = False)
         database=ch.database,
         autogenerate_session_id=False,
     )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and the processes it started (its own session's group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        proc.kill()

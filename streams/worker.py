@@ -1,14 +1,24 @@
-"""Run the stream worker in this process (``touchstream worker``)."""
+"""Run the stream worker (``touchstream worker``): in this process, or as several
+processes of one consumer group under a supervisor (streams.processes)."""
 
 from __future__ import annotations
 
 import gc
+import sys
 
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
+from touchstream.localbroker import free_port
 from touchstream.settings import Settings
 from touchstream.streams.app import create_app
+from touchstream.streams.processes import (
+    LOOPBACK,
+    ProcessMetrics,
+    child_env,
+    supervise,
+    worker_processes,
+)
 
 GC_GEN0_THRESHOLD = 100_000  # allocations between young collections (default 700)
 
@@ -19,6 +29,27 @@ def tune_gc() -> None:
     reach and collect the young generation far less often."""
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+
+
+def run(settings: Settings) -> int:
+    """``touchstream worker``: one worker in this process, or a supervisor of several.
+    Returns the exit code (a single worker exits the process itself)."""
+    processes = worker_processes(settings)
+    if processes == 1:
+        run_worker(settings)
+        return 0
+    command = [sys.executable, "-m", "touchstream.cli", "worker"]
+    ports = [0] * processes
+    if settings.metrics.enabled:
+        # The worker's /metrics: its processes', each on a loopback port of its own.
+        ports = []
+        while len(ports) < processes:
+            if (port := free_port(LOOPBACK)) not in ports:
+                ports.append(port)
+        registry = CollectorRegistry()
+        registry.register(ProcessMetrics(ports, settings.metrics.namespace))
+        start_http_server(settings.metrics.worker_port, settings.metrics.host, registry)
+    return supervise([(command, child_env(settings, i, ports[i])) for i in range(processes)])
 
 
 def run_worker(settings: Settings) -> None:

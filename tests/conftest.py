@@ -64,7 +64,9 @@ def make_settings(tmp_path: Path, chdb_dir: Path) -> SettingsFactory:
             "kafka": {"topic_prefix": f"t{unique}.", "session_timeout_ms": 6000},
             "clickhouse": {"dsn": f"chdb://{chdb_dir}", "database": f"t_{unique}", "serve_port": 0},
             "metrics": {"port": 0, "worker_port": 0},
-            "streams": {"app_id": f"ts-{unique}"},
+            # One worker process (CPU on CI's 2 cores, and the tests' timing);
+            # tests/integration/test_worker_processes.py runs several.
+            "streams": {"app_id": f"ts-{unique}", "processes": 1},
             "sink": {"group_id": f"sink-{unique}", "flush_interval_s": 0.3},
         }
         if bootstrap:

@@ -70,6 +70,7 @@ from touchstream.localbroker import LocalBroker, free_port
 from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
 from touchstream.stack import Stack
+from touchstream.streams.processes import worker_processes
 
 RESULTS = Path("build/bench.json")
 # py-spy's raw (collapsed) stacks of the worker: when events start to land, from half
@@ -116,6 +117,32 @@ def peak_rss_mb(pid: int) -> float | None:
     return _status(pid, "VmHWM")
 
 
+def family(pid: int) -> list[int]:
+    """pid and its descendants: a worker of several processes is its supervisor and
+    their workers (STREAMS__PROCESSES)."""
+    out = [pid]
+    for parent in out:
+        with contextlib.suppress(OSError, ValueError):
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+            out.extend(int(child) for child in children.split())
+    return out
+
+
+def _summed(measure: Callable[[int], float | None], pid: int) -> float | None:
+    values = [v for p in family(pid) if (v := measure(p)) is not None]
+    return sum(values) if values else None
+
+
+def worker_rss_mb(pid: int) -> float | None:
+    return _summed(rss_mb, pid)
+
+
+def worker_peak_rss_mb(pid: int) -> float | None:
+    """The processes' peaks summed: an upper bound of the worker's (they need not
+    peak at once); one process: its peak."""
+    return _summed(peak_rss_mb, pid)
+
+
 def cpu_s(pid: int) -> float | None:
     """User + system CPU seconds the process has used."""
     try:
@@ -133,19 +160,25 @@ class Watch:
     """RSS and CPU of named processes, sampled."""
 
     pids: dict[str, int]
+    families: frozenset[str] = frozenset({"worker"})  # counted with their descendants
     peak: dict[str, float] = field(default_factory=dict)
 
     def sample(self) -> dict[str, float]:
         now = {}
         for name, pid in self.pids.items():
-            value = rss_mb(pid)
+            value = _summed(rss_mb, pid) if name in self.families else rss_mb(pid)
             if value is not None:
                 now[name] = value
                 self.peak[name] = max(self.peak.get(name, 0.0), value)
         return now
 
     def cpu(self) -> dict[str, float]:
-        return {name: c for name, pid in self.pids.items() if (c := cpu_s(pid)) is not None}
+        out = {}
+        for name, pid in self.pids.items():
+            value = _summed(cpu_s, pid) if name in self.families else cpu_s(pid)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,6 +258,7 @@ class Options:
     memory_budget: float = 600.0
     profile_seconds: int = 60
     phases: frozenset[str] = frozenset(PHASES)
+    processes: int = 0  # of the worker; 0: the setting's default (one per CPU)
 
 
 class Bench:
@@ -315,16 +349,19 @@ class Bench:
     def pipeline_settings(self, tag: str) -> Settings:
         """Each phase runs its own pipeline: its own topics, groups and database (one
         engine directory: chDB allows one per process), on the one broker."""
-        return load_settings(
+
+        settings = load_settings(
             {},
             data_dir=str(self.data_dir),
             kafka={"bootstrap_servers": self.bootstrap, "topic_prefix": f"b{self.uid}{tag}."},
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
             # The worker's /metrics on a port of its own: the drain reads its lags.
             metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
-            streams={"app_id": f"bench-{self.uid}-{tag}"},
+            streams={"app_id": f"bench-{self.uid}-{tag}", "processes": self.o.processes},
             sink={"group_id": f"bench-sink-{self.uid}-{tag}"},
         )
+        self.figures["worker_processes"] = worker_processes(settings)
+        return settings
 
     @contextlib.asynccontextmanager
     async def pipeline(self, tag: str, start: bool = True) -> AsyncIterator[tuple[Stack, Any]]:
@@ -340,7 +377,7 @@ class Bench:
             client = await asyncio.to_thread(connect, self.settings)
             yield stack, client
             if stack.worker is not None:
-                peak = peak_rss_mb(stack.worker.pid) or 0.0
+                peak = worker_peak_rss_mb(stack.worker.pid) or 0.0
                 self.worker_peaks[tag] = peak
         finally:
             if client is not None:
@@ -472,7 +509,7 @@ class Bench:
                     first_at = now
                     cpu0 = watch.cpu()
                     if self.o.profile:
-                        spy = self._start_profiler(stack.worker.pid, "ingest")
+                        spy = self._start_profiler(profiled_pid(stack.worker.pid), "ingest")
                 if spy is not None and spy.poll() is not None:
                     self._stop_profiler(spy)  # its window ended
                     spy = None
@@ -481,7 +518,7 @@ class Bench:
                 )
                 if self.o.profile and halfway and spy is None and "late" not in profiled:
                     if count < n:
-                        spy = self._start_profiler(stack.worker.pid, "late")
+                        spy = self._start_profiler(profiled_pid(stack.worker.pid), "late")
                     profiled.add("late")
                 if count >= n and all_at is None:
                     all_at = now
@@ -489,7 +526,7 @@ class Bench:
                     if self.o.profile:
                         if spy is not None:
                             self._stop_profiler(spy)
-                        spy = self._start_profiler(stack.worker.pid, "tail")
+                        spy = self._start_profiler(profiled_pid(stack.worker.pid), "tail")
                 responses_done = all(
                     overall.get(k, 0) == responses[k] and per_group.get(k, 0) == responses[k]
                     for k in SCORE_KPIS
@@ -535,8 +572,8 @@ class Bench:
             drain_worker_cpu_cores=round((cpu1["worker"] - cpu0["worker"]) / busy, 2),
             drain_sink_cpu_cores=round((cpu1["sink"] - cpu0["sink"]) / busy, 2),
             drain_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
-            worker_rss_after_drain_mb=round(rss_mb(stack.worker.pid) or 0),
-            worker_peak_rss_drain_mb=round(peak_rss_mb(stack.worker.pid) or 0),
+            worker_rss_after_drain_mb=round(worker_rss_mb(stack.worker.pid) or 0),
+            worker_peak_rss_drain_mb=round(worker_peak_rss_mb(stack.worker.pid) or 0),
             sink_peak_rss_drain_mb=round(watch.peak.get("sink", 0.0)),
             broker_rss_after_drain_mb=round(rss_mb(self.broker.pid or 0) or 0),
         )
@@ -854,12 +891,18 @@ class Bench:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def profiled_pid(worker: int) -> int:
+    """The process py-spy samples: the worker, or the first of its processes (they
+    all run the same stages on their share of the partitions)."""
+    return next(iter(family(worker)[1:]), worker)
+
+
 def worker_lags(settings: Settings) -> dict[str, int] | None:
     """The worker's consumer lag (records not read yet) per topic, from its /metrics
-    (the topic prefix left out); None while it does not answer."""
+    (all of its processes'; the topic prefix left out); None while it does not answer."""
     url = f"http://127.0.0.1:{settings.metrics.worker_port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our loopback
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our loopback
             text = response.read().decode()
     except OSError:
         return None
@@ -1114,6 +1157,9 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="no py-spy during the drain")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     parser.add_argument(
+        "--processes", type=int, default=0, help="worker processes (0: STREAMS__PROCESSES' auto)"
+    )
+    parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (preload always runs)",
@@ -1137,6 +1183,7 @@ def main() -> None:
         memory_budget=args.memory_budget,
         profile_seconds=args.profile_seconds,
         phases=phases,
+        processes=args.processes,
     )
     console = Console()
     figures: dict[str, Any] = {"machine": machine()}

@@ -254,9 +254,12 @@
     if (!live) sink = "not in this process (no pipeline here)";
     else if (live.sink_lag === null) sink = `not measured yet (${live.sink_buffered} buffered)`;
     else sink = `${count(live.sink_lag)} not landed (${live.sink_buffered} buffered)`;
+    const processes = live && live.worker_processes > 1 ? live.worker_processes : 1;
+    const ports = live && live.worker_metrics_port ? ` (port ${live.worker_metrics_port})` : "";
     const worker = live
-      ? `${live.worker_running ? "running" : "not running"}; its consumer lag is on the worker's /metrics` +
-        (live.worker_metrics_port ? ` (port ${live.worker_metrics_port})` : "") + ", not measured by this process"
+      ? `${live.worker_running ? "running" : "not running"}` +
+        (processes > 1 ? ` (${processes} processes)` : "") +
+        `; its consumer lag is on the worker's /metrics${ports}, not measured by this process`
       : "not in this process";
     const items = [
       ["events/s (last minute)", h.events_per_s, "events-per-s"],

@@ -34,6 +34,7 @@ from tests.unit.deploy.manifests import (
     worker_topics,
 )
 from touchstream.settings import Settings, Topics, load_settings
+from touchstream.streams.processes import worker_processes
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -190,6 +191,10 @@ def test_every_touchstream_container_gets_valid_settings_that_match_the_stack(
         assert bool(settings.clickhouse.password.get_secret_value()) is writes, name
         assert (settings.pii_key is not None) is (verb == "worker"), name
         assert settings.metrics.host == "0.0.0.0"  # noqa: S104 - scraped from other containers
+        if verb == "worker":
+            # One process per container: the one /metrics port exposed below is all
+            # of it, and the container is what the engine restarts.
+            assert worker_processes(settings, cpus=64) == 1
         if verb in VERB_PORT:
             port = getattr(settings.metrics, VERB_PORT[verb])
             assert port == getattr(Settings().metrics, VERB_PORT[verb])  # 9465 / 9464

@@ -25,6 +25,7 @@ from tests.unit.deploy.manifests import (
     worker_topics,
 )
 from touchstream.settings import Settings
+from touchstream.streams.processes import worker_processes
 
 K8S = DEPLOY / "kubernetes"
 BASE = K8S / "base"
@@ -158,6 +159,8 @@ def test_every_container_gets_valid_settings(base: list[dict[str, Any]]) -> None
         assert settings.metrics.host == "0.0.0.0"  # noqa: S104 - scraped by Prometheus
         if name == "touchstream-worker":
             assert settings.pii_key is not None and settings.pii_key.get_secret_value()
+            # One process per pod, whatever its CPU limit: one /metrics port per pod.
+            assert worker_processes(settings, cpus=64) == 1
         if name in ("touchstream-sink", "touchstream-migrate"):
             assert settings.clickhouse.password.get_secret_value()
         if name == "touchstream-migrate":
