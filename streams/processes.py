@@ -157,6 +157,8 @@ def supervise(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for command, env in children:
+            if signalled:  # stopped while starting: start no more
+                break
             procs.append(
                 subprocess.Popen(  # noqa: S603 - our own interpreter and module
                     command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
