@@ -58,13 +58,16 @@ def stamp(at: float) -> bytes:
     return text.replace("+00:00", "Z").encode()
 
 
-def simulated(events: int, seed: int, end: datetime) -> list[dict[str, Any]]:
-    """At least ``events`` clean simulated events (6 h of event time ending at ``end``,
-    ordered by occurred_at), cut to exactly that many."""
+def simulated(events: int, seed: int, end: datetime, hours: float = 6) -> list[dict[str, Any]]:
+    """At least ``events`` clean simulated events (``hours`` of event time ending at
+    ``end``, ordered by occurred_at), cut to exactly that many."""
     customers = max(10, math.ceil(events / EVENTS_PER_CUSTOMER * 1.05))
     while True:
         config = SimulationConfig(
-            customers=customers, seed=seed, start=end - timedelta(hours=6), duration_s=6 * 3600
+            customers=customers,
+            seed=seed,
+            start=end - timedelta(hours=hours),
+            duration_s=int(hours * 3600),
         )
         out = list(Simulator(config).events())
         if len(out) >= events:

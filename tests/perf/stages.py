@@ -8,6 +8,11 @@ whole run. This is the worker's own work (validation, state, serialisation) with
 no Kafka client in it: ``make bench`` measures the worker with the broker, this
 says which part of the worker costs what, and is quick enough to A/B a change
 (``python -m tests.perf.stages --events 100000``).
+
+``--series N`` also samples the stages' state N times (entities by kind, dedup ids,
+KPI buckets, alert slots) against event time: with a longer
+``--hours`` and a short ``--churn-horizon-s`` it shows whether the state stays
+bounded over several horizons, which ``make bench``'s runs are too short to show.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Captured:
         self.read: dict[tuple[str, int], int] = defaultdict(int)  # next unread offset
         self.bytes: Counter[str] = Counter()
         self.records: Counter[str] = Counter()
+        self.sent: list[RawMessage] | None = None  # every record, in send order, if a list
 
     async def send(
         self,
@@ -62,6 +68,8 @@ class Captured:
             partition = partition_of(key or b"", self.partitions)
         log = self.logs[(topic, partition)]
         log.append(RawMessage(topic, partition, len(log), key, value))
+        if self.sent is not None:
+            self.sent.append(log[-1])
         self.bytes[topic] += len(value or b"") + len(key or b"")
         self.records[topic] += 1
 
@@ -76,18 +84,25 @@ class Captured:
         return None
 
     def take(self, topic: str, max_records: int) -> list[RawMessage]:
-        """Unread records of ``topic``, partition by partition, up to ``max_records``."""
+        """Unread records of ``topic``, up to ``max_records``, an even share from each
+        partition that has some (as a consumer's fetches interleave them: taking one
+        partition to its end first ran its event time hours ahead of the others)."""
         out: list[RawMessage] = []
-        for partition in range(self.partitions):
-            log = self.logs.get((topic, partition))
-            if not log:
-                continue
-            start = self.read[(topic, partition)]
-            chunk = log[start : start + max_records - len(out)]
-            self.read[(topic, partition)] = start + len(chunk)
-            out.extend(chunk)
-            if len(out) >= max_records:
+        while len(out) < max_records:
+            pending = [
+                p
+                for p in range(self.partitions)
+                if self.read[(topic, p)] < len(self.logs.get((topic, p), ()))
+            ]
+            if not pending:
                 break
+            share = max(1, -(-(max_records - len(out)) // len(pending)))
+            for partition in pending:
+                log = self.logs[(topic, partition)]
+                start = self.read[(topic, partition)]
+                chunk = log[start : start + min(share, max_records - len(out))]
+                self.read[(topic, partition)] = start + len(chunk)
+                out.extend(chunk)
         return out
 
     def end(self, tp: TopicPartition) -> int:
@@ -130,7 +145,30 @@ def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
     raise LookupError(name)
 
 
-async def run(settings: Settings, events: int, seed: int, console: Console) -> dict[str, Any]:
+def state_sizes(stages: dict[str, Offline]) -> dict[str, float]:
+    """What the stages hold now: outcome entities by kind (checkout, cart, customer,
+    anonymous, mark), the ingest's dedup ids, KPI buckets, alert slots, and the
+    latest event time seen. (Not RSS: this harness keeps every output it captured.)"""
+    sizes: Counter[str] = Counter()
+    for state in stages["outcomes"].states.values():
+        for key in state.store:
+            sizes[key.split("|", 1)[0]] += 1
+    sizes["dedup ids"] = sum(len(state) for state in stages["ingest"].states.values())
+    sizes["kpi buckets"] = sum(len(state.store) for state in stages["kpis"].states.values())
+    sizes["alert slots"] = sum(len(state.store) for state in stages["alerts"].states.values())
+    out: dict[str, float] = dict(sizes)
+    out["event time"] = max(s.max_event_time for s in stages["ingest"].states.values())
+    return out
+
+
+async def run(
+    settings: Settings,
+    events: int,
+    seed: int,
+    console: Console,
+    hours: float = 6,
+    samples: int = 0,
+) -> dict[str, Any]:
     captured = Captured(settings)
     Offline.captured = captured
     Offline.created = []
@@ -140,12 +178,17 @@ async def run(settings: Settings, events: int, seed: int, console: Console) -> d
     stages = {intake.purpose: intake for intake in Offline.created}
     progress_timer, emit_timer = timer(app, "outcome_progress"), timer(app, "emit_kpis")
 
-    raw = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
     topic_of = {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
+    # The raw input in event-time order across topics and partitions, read in that
+    # order: the worker's fetches interleave the partitions and hold back one that
+    # runs ahead (max_source_skew_s); one topic or partition read to its end first
+    # would hold the others' decisions back for hours of event time.
+    captured.sent = []
     with console.status(f"simulating {events:,} events"):
-        for event in simulated(events, seed, datetime.now(UTC)):
+        for event in simulated(events, seed, datetime.now(UTC), hours):
             key = key_of(event)
             await captured.send(topic_of[family(event["event_type"])], encode(event), key=key)
+    ordered, captured.sent = captured.sent, None
     captured.bytes.clear()
     captured.records.clear()
 
@@ -174,16 +217,14 @@ async def run(settings: Settings, events: int, seed: int, console: Console) -> d
                 return
 
     done = 0
+    series: list[dict[str, float]] = []
+    every = max(1, events // max(1, samples)) if samples else 0
     wall = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("stages", total=events)
         batches = 0
-        while True:
-            messages: list[RawMessage] = []
-            for topic in raw:
-                messages.extend(captured.take(topic, batch_size - len(messages)))
-            if not messages:
-                break
+        for first in range(0, len(ordered), batch_size):
+            messages = ordered[first : first + batch_size]
             await timed("ingest", stages["ingest"].handle(messages))
             done += len(messages)
             batches += 1
@@ -193,10 +234,14 @@ async def run(settings: Settings, events: int, seed: int, console: Console) -> d
                 await drain_internal()
                 await timed("emission", emit_timer())
             bar.update(task, completed=done)
+            if every and (not series or done - series[-1]["events"] >= every):
+                series.append({"events": done, **state_sizes(stages)})
         for _ in range(3):  # idle reports: the last decisions
             await timed("progress", progress_timer())
             await drain_internal()
         await timed("emission", emit_timer())
+    if samples:
+        series.append({"events": done, **state_sizes(stages)})
     wall = time.perf_counter() - wall
     return {
         "events": done,
@@ -204,6 +249,7 @@ async def run(settings: Settings, events: int, seed: int, console: Console) -> d
         "cpu": dict(cpu),
         "records": dict(captured.records),
         "bytes": dict(captured.bytes),
+        "series": series,
     }
 
 
@@ -222,6 +268,37 @@ def report(result: dict[str, Any], console: Console) -> None:
     for topic, count in sorted(result["records"].items()):
         out.add_row(topic, f"{count / n:.3f}", f"{result['bytes'][topic] / n:,.0f}")
     console.print(out)
+    if result["series"]:
+        report_series(result["series"], console)
+
+
+SERIES_COLUMNS = (
+    "checkout",
+    "cart",
+    "customer",
+    "anonymous",
+    "dedup ids",
+    "kpi buckets",
+    "alert slots",
+)
+
+
+def report_series(series: list[dict[str, float]], console: Console) -> None:
+    """State against event time, a row per sample; a bar for the outcome entities."""
+    start = series[0]["event time"]
+    peak = max(sum(row.get(k, 0) for k in SERIES_COLUMNS[:4]) for row in series) or 1
+    table = Table(title="state against event time (entities)")
+    for column in ("event time", "events", *SERIES_COLUMNS, "outcome entities"):
+        table.add_column(column, justify="left" if column == "outcome entities" else "right")
+    for row in series:
+        entities = sum(row.get(k, 0) for k in SERIES_COLUMNS[:4])
+        table.add_row(
+            f"+{(row['event time'] - start) / 3600:.1f} h",
+            f"{row['events']:,.0f}",
+            *(f"{row.get(k, 0):,.0f}" for k in SERIES_COLUMNS),
+            "█" * round(30 * entities / peak),
+        )
+    Console(width=max(console.width, 140)).print(table)
 
 
 def main() -> None:
@@ -229,8 +306,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", type=Path, help="write cProfile stats here")
+    parser.add_argument("--hours", type=float, default=6, help="event time simulated")
+    parser.add_argument("--series", type=int, default=0, help="state samples (0: none)")
+    parser.add_argument("--churn-horizon-s", type=float, help="STREAMS__CHURN_HORIZON_S")
     args = parser.parse_args()
     settings = load_settings()
+    if args.churn_horizon_s is not None:
+        streams = settings.streams.model_copy(update={"churn_horizon_s": args.churn_horizon_s})
+        settings = settings.model_copy(update={"streams": streams})
     # Never connected to: the outputs are captured and the intakes have no consumer.
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
     settings = settings.model_copy(update={"kafka": kafka})
@@ -239,7 +322,7 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
-    result = asyncio.run(run(settings, args.events, args.seed, console))
+    result = asyncio.run(run(settings, args.events, args.seed, console, args.hours, args.series))
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
