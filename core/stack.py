@@ -1,5 +1,6 @@
-"""The local stack: broker (unless one is configured), stream worker process, the
-ClickHouse sink and /metrics in this process. Used by `up`, `demo` and tests.
+"""The local stack: broker (unless one is configured), the stream worker (a process,
+and its own processes: STREAMS__PROCESSES), the ClickHouse sink and /metrics in this
+process. Used by `up`, `demo` and tests.
 
 This is the only place, with the CLI, that wires the stages together.
 """
@@ -158,8 +159,8 @@ class Stack:
         self.worker = self.spawn_worker()
 
     def spawn_worker(self, log_name: str = "worker.log") -> subprocess.Popen[bytes]:
-        """A stream worker process of this stack's consumer group (more of them
-        share the partitions); it dies with this process."""
+        """A stream worker of this stack's consumer group (more of them share the
+        partitions; each may run several processes); it dies with this process."""
         env = {**os.environ, **self.settings.as_env()}
         log_file = open(self.logs / log_name, "ab")  # noqa: SIM115 - handed to the child
         try:
