@@ -19,7 +19,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from touchstream.producers.simulator import Message
+from touchstream.producers.simulator import Message, SimulationConfig
 from touchstream.producers.truth import Truth, truth_for
 from touchstream.settings import Settings, StreamsSettings
 from touchstream.stack import Stack
@@ -28,6 +28,20 @@ Key = tuple[str, str, str, int, int]
 
 
 RETRACTABLE = ("churn", "churn_detractor")  # KPIs whose counts can be moved (stitching)
+
+
+def settled(settings: Settings, **config: Any) -> SimulationConfig:
+    """A simulation to reconcile the pipeline under ``settings`` against: its allowed
+    lateness, abandonment timeout and partitions, settled at the end (every
+    checkout and cart decided); ``config`` says the rest (customers, span, faults)."""
+    streams = settings.streams
+    return SimulationConfig(
+        allowed_lateness_s=streams.allowed_lateness_s,
+        abandonment_timeout_s=streams.abandonment_timeout_s,
+        settle=True,
+        partitions=settings.kafka.partitions,
+        **config,
+    )
 
 
 def kpi_rows(ch: Any, db: str) -> dict[Key, tuple[float, float]]:

@@ -14,9 +14,9 @@ from typing import Any
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
-from tests.reconcile import expect, landed, send, until_reconciled
+from tests.reconcile import expect, landed, send, settled, until_reconciled
 from touchstream.localbroker import LocalBroker
-from touchstream.producers.simulator import Message, SimulationConfig, Simulator
+from touchstream.producers.simulator import Message, Simulator
 from touchstream.stack import Stack
 
 
@@ -30,7 +30,8 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
     )
     db = settings.clickhouse.database
     streams = settings.streams
-    config = SimulationConfig(
+    config = settled(
+        settings,
         customers=70,
         duration_s=3 * 3600,
         start=datetime(2026, 11, 3, 21, tzinfo=UTC),  # across a UTC day boundary
@@ -39,10 +40,6 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
         out_of_order=0.1,
         late=0.05,
         malformed=0.01,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-        settle=True,
-        partitions=settings.kafka.partitions,
     )
     messages = Simulator(config).messages()
     want = expect(messages, streams)

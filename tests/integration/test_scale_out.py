@@ -13,9 +13,9 @@ from typing import Any
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
-from tests.reconcile import expect, landed, send, until_reconciled
+from tests.reconcile import expect, landed, send, settled, until_reconciled
 from touchstream.localbroker import LocalBroker
-from touchstream.producers.simulator import SimulationConfig, Simulator
+from touchstream.producers.simulator import Simulator
 from touchstream.stack import Stack
 
 
@@ -29,7 +29,8 @@ def test_two_workers_one_killed_and_back_kpis_exact(
     )
     db = settings.clickhouse.database
     streams = settings.streams
-    config = SimulationConfig(
+    config = settled(
+        settings,
         customers=90,
         duration_s=2 * 3600,
         start=datetime(2026, 11, 4, 9, tzinfo=UTC),
@@ -38,10 +39,6 @@ def test_two_workers_one_killed_and_back_kpis_exact(
         out_of_order=0.05,
         late=0.03,
         malformed=0.01,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-        settle=True,
-        partitions=settings.kafka.partitions,
     )
     messages = Simulator(config).messages()
     want = expect(messages, streams)

@@ -16,9 +16,9 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SettingsFactory
-from tests.reconcile import expect, landed, send, until_reconciled
+from tests.reconcile import expect, landed, send, settled, until_reconciled
 from touchstream.localbroker import LocalBroker, free_port
-from touchstream.producers.simulator import SimulationConfig, Simulator
+from touchstream.producers.simulator import Simulator
 from touchstream.stack import Stack
 
 
@@ -54,7 +54,8 @@ def test_two_worker_processes_share_the_partitions_killed_together_kpis_exact(
     )
     db = settings.clickhouse.database
     streams = settings.streams
-    config = SimulationConfig(
+    config = settled(
+        settings,
         customers=80,
         duration_s=2 * 3600,
         start=datetime(2026, 11, 4, 9, tzinfo=UTC),
@@ -63,10 +64,6 @@ def test_two_worker_processes_share_the_partitions_killed_together_kpis_exact(
         out_of_order=0.05,
         late=0.03,
         malformed=0.01,
-        allowed_lateness_s=streams.allowed_lateness_s,
-        abandonment_timeout_s=streams.abandonment_timeout_s,
-        settle=True,
-        partitions=settings.kafka.partitions,
     )
     messages = Simulator(config).messages()
     want = expect(messages, streams)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.reconcile import Expected, expect
-from touchstream.producers.simulator import Message, SimulationConfig, Simulator
+from tests.reconcile import Expected, expect, settled
+from touchstream.producers.simulator import Message, Simulator
 from touchstream.settings import Settings
 
 Simulated = Callable[..., tuple[list[Message], Expected]]
@@ -27,19 +27,15 @@ def simulate() -> Simulated:
     must land for them under ``settings``."""
 
     def build(settings: Settings, **options: Any) -> tuple[list[Message], Expected]:
-        streams = settings.streams
-        config = SimulationConfig(
+        config = settled(
+            settings,
             customers=60,
             duration_s=3 * 3600,
             start=datetime(2026, 11, 3, 21, tzinfo=UTC),  # across a UTC day boundary
             seed=17,
-            allowed_lateness_s=streams.allowed_lateness_s,
-            abandonment_timeout_s=streams.abandonment_timeout_s,
-            settle=True,
-            partitions=settings.kafka.partitions,
         )
         config = replace(config, **options)
         messages = Simulator(config).messages()
-        return messages, expect(messages, streams)
+        return messages, expect(messages, settings.streams)
 
     return build
