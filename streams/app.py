@@ -405,7 +405,11 @@ def create_app(
         is emitted again (an update pending when the previous owner stopped is not
         lost)."""
         part = KpiPartition(
-            streams.window_size_s, streams.window_step_s, streams.daily_window, records
+            streams.window_size_s,
+            streams.window_step_s,
+            streams.daily_window,
+            records,
+            retention_s=streams.kpi_retention_s,
         )
         dirty.update(part.aggregator.all_buckets())
         return part
@@ -437,10 +441,13 @@ def create_app(
 
     async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
         """A bundle of contributions folded into its partition's buckets."""
+        expired = part.aggregator.expired
         changed, replays = part.fold(message.offset, message.value)
         dirty.update(changed)
         if replays:  # contributions counted before a restart
             metrics.replayed_contributions.inc(replays)
+        if part.aggregator.expired > expired:  # older than the KPI retention
+            metrics.expired_contributions.inc(part.aggregator.expired - expired)
 
     async def handle_contributions(batch: Batch) -> None:
         await stage_batch(kpi_intake, kpi_state_name, batch, fold_contributions)

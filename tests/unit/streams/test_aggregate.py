@@ -4,6 +4,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from touchstream.streams.aggregate import KpiAggregator, KpiPartition
 from touchstream.streams.kpis import Contribution, contributions
 from touchstream.streams.state import NEXT_KEY
@@ -216,4 +218,124 @@ def test_a_checkpoint_cut_short_is_exact_after_the_replay() -> None:
     assert successor.next_offset == 2
     replayed = sum(successor.fold(offset, BUNDLES[offset])[1] for offset in (2, 3))
     assert replayed > 0  # some contributions were in the buckets written before the kill
+    assert values(successor) == values(whole)
+
+
+# -- retention: windows ended long before the latest contribution are final
+
+
+def day_of_traffic() -> list[Contribution]:
+    """12 hours from T0: an NPS response every 10 minutes, a customer becoming
+    active every 20 minutes and one churning every hour (the churn stock's deltas
+    and its churned counts: a rate over the stock at the window start)."""
+    out: list[Contribution] = []
+    for minute in range(0, 12 * 60, 10):
+        at = T0 + minute * 60 + 5
+        out += contributions("nps_response", "web", "delivery", at, minute % 11)
+        if minute % 20 == 0:
+            out.append(Contribution("churn", "all", "all", at, (("active_delta", 1.0),)))
+        if minute % 60 == 30:
+            out.append(Contribution("churn", "all", "all", at, (("active_delta", -1.0),)))
+            out.append(Contribution("churn", "all", "all", at, (("churned", 1.0),)))
+    return out
+
+
+def outputs(agg: KpiAggregator, windows: Any) -> dict[Any, tuple[Any, ...]]:
+    out = {}
+    for group, window in windows:
+        u = agg.update(group, window, 1, NOW)
+        out[(group, window)] = (u.numerator, u.denominator, u.value, u.counts)
+    return out
+
+
+@pytest.mark.parametrize("with_daily", [True, False])
+def test_buckets_past_the_retention_are_dropped_and_every_window_still_out_is_exact(
+    with_daily: bool,
+) -> None:
+    kept: dict[str, Any] = {}
+    bounded = KpiAggregator(kept, 3600, 300, with_daily, retention_s=2 * 3600)
+    unbounded = KpiAggregator({}, 3600, 300, with_daily)
+    for i, contribution in enumerate(day_of_traffic()):
+        bounded.add(contribution)
+        unbounded.add(contribution)
+        if i % 10 == 0:  # passes as the cutoff moves (the stock's base in several steps)
+            bounded.evict()
+    bounded.evict()
+    cutoff = bounded.cutoff()
+    assert cutoff == T0 + (12 * 60 - 10) * 60 + 5 - 2 * 3600
+    nps = [k for k in kept if k.startswith("nps|") and "|300|" in k]
+    assert nps and all(int(k.rsplit("|", 2)[2]) + 3600 > cutoff for k in nps)
+    assert len(nps) < len([k for k in unbounded.store if k.startswith("nps|") and "|300|" in k]) / 3
+    # The churn stock's own buckets: folded into its base once no window still out
+    # starts before them (with daily windows, not before the day is over).
+    assert ("#stock|active_delta" in kept) is not with_daily
+    # What is still emitted: exactly the windows that end after the cutoff, with
+    # the values the unbounded aggregator gives them (churn's denominator is the
+    # stock level, with the dropped buckets' deltas in the base).
+    out = {(g, w) for g, w in unbounded.all_windows() if w.end > cutoff}
+    assert bounded.all_windows() == out
+    assert any(g == "churn|all|all" and w.size_s == 3600 for g, w in out)
+    assert outputs(bounded, out) == outputs(unbounded, out)
+    assert bounded.expired == 0
+
+
+def test_a_contribution_older_than_the_cutoff_is_expired_and_changes_nothing() -> None:
+    agg = KpiAggregator({}, 3600, 300, retention_s=2 * 3600)
+    for contribution in day_of_traffic():
+        agg.add(contribution)
+    agg.evict()
+    before = dict(agg.store)
+    old = contributions("nps_response", "web", "delivery", T0 + 600, 0)
+    assert all(agg.add(c) == [] for c in old)
+    assert agg.expired == len(old) and agg.store == before
+    # Within the retention it counts as before.
+    recent = contributions("nps_response", "web", "delivery", int(agg.cutoff()) + 60, 0)
+    assert all(agg.add(c) for c in recent)
+
+
+def test_no_retention_keeps_every_bucket() -> None:
+    agg = KpiAggregator({}, 3600, 300)
+    for contribution in day_of_traffic():
+        agg.add(contribution)
+    assert agg.evict() == 0 and agg.cutoff() == float("-inf")
+    assert len(agg.all_windows()) == len(agg.windows_of(agg.all_buckets()))
+
+
+def traffic_bundles() -> list[bytes]:
+    """day_of_traffic() as bundles of 12 contributions, each from one source."""
+    items = [
+        {"at": c.at, "counts": dict(c.counts), "src": "feedback:0", "off": i, "group": c.group}
+        for i, c in enumerate(day_of_traffic())
+    ]
+    return [
+        json.dumps({"contributions": items[i : i + 12]}).encode() for i in range(0, len(items), 12)
+    ]
+
+
+def test_a_restored_partition_past_its_retention_is_the_same_and_a_cut_checkpoint_too() -> None:
+    # No daily windows: the churn stock's buckets are folded into its base within
+    # the 12 hours (with them, only once the day is over).
+    bundles = traffic_bundles()
+    whole = KpiPartition(3600, 300, False, retention_s=2 * 3600)
+    log: dict[str, bytes | None] = {}
+    cut_log: dict[str, bytes | None] | None = None
+    for offset, value in enumerate(bundles):
+        whole.fold(offset, value)
+        records = whole.checkpoint()
+        keys = [k for k, _ in records]
+        if cut_log is None and "#stock|active_delta" in keys and None in dict(records).values():
+            # The worker dies right after the stock's base went out, before the
+            # dropped buckets' tombstones: they come back on restore.
+            cut_log = {**log, **dict(records[: keys.index("#stock|active_delta") + 1])}
+            cut_at = offset
+        log.update(records)
+    assert cut_log is not None
+    restored = KpiPartition(3600, 300, False, records=log, retention_s=2 * 3600)
+    assert restored.aggregator.cutoff() == whole.aggregator.cutoff()
+    assert values(restored) == values(whole)
+    # The successor of the cut checkpoint reads the batches from its next offset.
+    successor = KpiPartition(3600, 300, False, records=cut_log, retention_s=2 * 3600)
+    assert successor.next_offset == cut_at
+    for offset in range(cut_at, len(bundles)):
+        successor.fold(offset, bundles[offset])
     assert values(successor) == values(whole)
