@@ -38,6 +38,9 @@ SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from
 META_PREFIX = "#"
 # The latest contribution time folded: the retention's clock ({"at": seconds}).
 LATEST_KEY = "#latest"
+# The cutoff of the last eviction ({"at": seconds}): windows that ended at or before
+# it are final (some of their buckets may be gone), never emitted again.
+EVICTED_KEY = "#evicted"
 # A stock's deltas from dropped buckets ({"level": sum, "through": the bucket start
 # before which every delta is in it}). "#" sorts before every bucket key, so a
 # checkpoint cut short never holds a dropped bucket's tombstone without its base.
@@ -61,7 +64,6 @@ class KpiAggregator:
         # (:meth:`cutoff`); None keeps every bucket for ever.
         self.retention_s = retention_s
         self.expired = 0  # contributions dropped as older than the cutoff
-        self._evicted_at = float("-inf")  # the cutoff of the last eviction pass
         # Stock KPIs (churn, upsell): per stock, bucket start → net delta, and the
         # buckets of the groups whose denominators read that stock.
         self._stock: dict[str, dict[int, float]] = {name: {} for name in STOCK_GROUP}
@@ -124,22 +126,30 @@ class KpiAggregator:
         return float(base["level"]), float(base["through"])
 
     def cutoff(self) -> float:
-        """Windows that ended at or before this are final: not emitted again, their
-        buckets dropped (:meth:`evict`), a contribution before it dropped as expired.
-        The latest contribution time minus the retention (-inf without one)."""
+        """The latest contribution time minus the retention (-inf without one): a
+        contribution before it is dropped as expired, and the next :meth:`evict`
+        makes the windows that ended at or before it final."""
         latest = self.store.get(LATEST_KEY)
         if self.retention_s is None or latest is None:
             return float("-inf")
         return float(latest["at"]) - self.retention_s
 
-    def evict(self) -> int:
-        """Drop the buckets whose every window ended at or before the cutoff (a
-        stock's deltas go into its base level); how many. A pass scans the store:
-        it runs once the cutoff has moved a step since the last one."""
-        cutoff = self.cutoff()
-        if cutoff == float("-inf") or cutoff - self._evicted_at < self.step_s:
+    def final_before(self) -> float:
+        """Windows that ended at or before this are final: the cutoff of the last
+        :meth:`evict` (-inf before any)."""
+        evicted = self.store.get(EVICTED_KEY)
+        return float("-inf") if evicted is None else float(evicted["at"])
+
+    def evict(self, cutoff: float | None = None) -> int:
+        """Make the windows that ended at or before ``cutoff`` (default: the cutoff
+        now) final and drop the buckets only they had (a stock's deltas go into its
+        base level); how many. The worker passes the cutoff of an emission pass
+        whose updates are out, so a window's last change is out before it is
+        final. A pass scans the store: once the cutoff has moved a step."""
+        cutoff = self.cutoff() if cutoff is None else cutoff
+        if cutoff == float("-inf") or cutoff - self.final_before() < self.step_s:
             return 0
-        self._evicted_at = cutoff
+        self.store[EVICTED_KEY] = {"at": cutoff}
         if not self._indexed:
             self._index()
         # A stock's own buckets hold the levels at window starts: one is folded into
@@ -234,15 +244,16 @@ class KpiAggregator:
 
     def windows_of(self, buckets: Iterable[DirtyBucket]) -> set[Dirty]:
         """The windows of some buckets: a day bucket's day, a step bucket's hopping
-        windows; not those that ended at or before the cutoff (final)."""
+        windows; not the final ones (:meth:`final_before`: some of their buckets
+        may be gone, e.g. a leftover of a checkpoint cut short)."""
         out: set[Dirty] = set()
         for group, granularity, start in set(buckets):
             if granularity == DAY_S and self.with_daily:
                 out.add((group, Window(start, DAY_S)))
             else:
                 out.update((group, w) for w in hopping(start, self.size_s, self.step_s))
-        cutoff = self.cutoff()
-        return {(group, w) for group, w in out if w.end > cutoff}
+        final = self.final_before()
+        return {(group, w) for group, w in out if w.end > final}
 
     def _bump(self, key: str, counts: dict[str, float], mark: tuple[str, int]) -> bool:
         # Read-modify-write of a fresh dict: the store records assignments only
@@ -336,8 +347,7 @@ class KpiPartition(BatchState):
         """A bundle at ``offset``: the buckets it changed, and how many of its
         contributions were replays (already counted; those older than the cutoff
         are counted in ``aggregator.expired`` instead). A bundle before the next
-        offset was folded already: nothing. Buckets past the retention are dropped
-        after it (their tombstones go with its checkpoint)."""
+        offset was folded already: nothing."""
         if offset < self.next_offset:
             return [], 0
         expired = self.aggregator.expired
@@ -361,7 +371,6 @@ class KpiPartition(BatchState):
             else:
                 replays += 1
         self.next_offset = offset + 1
-        self.aggregator.evict()
         return dirty, replays - (self.aggregator.expired - expired)
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:

@@ -202,6 +202,9 @@ def create_app(
     metrics.prime(raw_topics)
 
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
+    # Per contributions partition: the KPI cutoff of the last emission pass whose
+    # updates are flushed; the next pass makes the windows ended before it final.
+    final_ready: dict[int, float] = {}
 
     async def crashed(stage: str, exc: BaseException) -> None:
         # By the stage's name (it counted every crash as "agent" while it looked
@@ -412,6 +415,7 @@ def create_app(
             retention_s=streams.kpi_retention_s,
         )
         dirty.update(part.aggregator.all_buckets())
+        final_ready.pop(tp.partition, None)
         return part
 
     async def stage_batch(
@@ -676,6 +680,9 @@ def create_app(
                 for tp in kpi_intake.owned
                 if source_of(tp) in kpi_intake.states
             }
+            for partition, part in parts.items():
+                if partition in final_ready:
+                    part.aggregator.evict(final_ready.pop(partition))
             by_partition: dict[int, list[DirtyBucket]] = {}
             for bucket in buckets:
                 by_partition.setdefault(contribution_partition(bucket[0]), []).append(bucket)
@@ -689,6 +696,9 @@ def create_app(
                         update = aggregator.update(group, window, version, now)
                         if update.counts:
                             updates.append((update, window))
+            # Windows ended before this pass's cutoff had their last change in it
+            # (a later contribution to one is expired): final once it is flushed.
+            cutoffs = {partition: part.aggregator.cutoff() for partition, part in parts.items()}
         records: list[Record] = []
         for update, window in updates:
             key = f"{update.key}|{window.start}".encode()
@@ -699,6 +709,7 @@ def create_app(
             metrics.kpis.observe(update)
         await outputs.send_many(kpis_name, records)
         await outputs.flush()
+        final_ready.update(cutoffs)
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:

@@ -321,6 +321,7 @@ def test_a_restored_partition_past_its_retention_is_the_same_and_a_cut_checkpoin
     cut_log: dict[str, bytes | None] | None = None
     for offset, value in enumerate(bundles):
         whole.fold(offset, value)
+        whole.aggregator.evict()  # as an emission pass does, its updates out
         records = whole.checkpoint()
         keys = [k for k, _ in records]
         if cut_log is None and "#stock|active_delta" in keys and None in dict(records).values():
@@ -338,4 +339,23 @@ def test_a_restored_partition_past_its_retention_is_the_same_and_a_cut_checkpoin
     assert successor.next_offset == cut_at
     for offset in range(cut_at, len(bundles)):
         successor.fold(offset, bundles[offset])
+        successor.aggregator.evict()
     assert values(successor) == values(whole)
+
+
+def test_a_window_past_the_cutoff_is_final_only_once_evicted() -> None:
+    # The worker evicts at the start of an emission pass, up to the cutoff of the
+    # previous pass (whose updates are out): a window whose last contribution came
+    # in the same bundle that moved the cutoff past its end is still emitted.
+    agg = KpiAggregator({}, 3600, 300, retention_s=2 * 3600)
+    dirty = []
+    for c in contributions("nps_response", "web", "delivery", T0 + 10, 10):
+        dirty += agg.add(c)
+    for c in contributions("nps_response", "web", "delivery", T0 + 4 * 3600, 0):
+        dirty += agg.add(c)
+    hour = ("nps|web|delivery", Window(T0, 3600))
+    assert agg.cutoff() == T0 + 2 * 3600 > Window(T0, 3600).end
+    assert hour in agg.windows_of(dirty)  # not final yet: emitted with its response
+    assert agg.update(*hour, 1, NOW).numerator == 1
+    assert agg.evict() > 0
+    assert hour not in agg.windows_of(dirty) and agg.final_before() == T0 + 2 * 3600
