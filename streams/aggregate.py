@@ -64,6 +64,8 @@ class KpiAggregator:
         # (:meth:`cutoff`); None keeps every bucket for ever.
         self.retention_s = retention_s
         self.expired = 0  # contributions dropped as older than the cutoff
+        latest = store.get(LATEST_KEY)
+        self._latest = float("-inf") if latest is None else float(latest["at"])
         # Stock KPIs (churn, upsell): per stock, bucket start → net delta, and the
         # buckets of the groups whose denominators read that stock.
         self._stock: dict[str, dict[int, float]] = {name: {} for name in STOCK_GROUP}
@@ -129,10 +131,16 @@ class KpiAggregator:
         """The latest contribution time minus the retention (-inf without one): a
         contribution before it is dropped as expired, and the next :meth:`evict`
         makes the windows that ended at or before it final."""
-        latest = self.store.get(LATEST_KEY)
-        if self.retention_s is None or latest is None:
+        if self.retention_s is None:
             return float("-inf")
-        return float(latest["at"]) - self.retention_s
+        return self._latest - self.retention_s
+
+    def clock(self) -> None:
+        """Keep the latest contribution time in the store (the checkpoint's
+        ``#latest``): once per folded bundle, not per contribution."""
+        stored = self.store.get(LATEST_KEY)
+        if self._latest > float("-inf") and (stored is None or stored["at"] < self._latest):
+            self.store[LATEST_KEY] = {"at": self._latest}
 
     def final_before(self) -> float:
         """Windows that ended at or before this are final: the cutoff of the last
@@ -218,10 +226,9 @@ class KpiAggregator:
         """Apply one contribution; returns the buckets whose windows changed (none
         for a replay): :meth:`windows_of` gives the windows."""
         if self.retention_s is not None:
-            latest = self.store.get(LATEST_KEY)
-            if latest is None or contribution.at > latest["at"]:
-                self.store[LATEST_KEY] = {"at": contribution.at}
-            if contribution.at < self.cutoff():
+            if contribution.at > self._latest:
+                self._latest = contribution.at
+            elif contribution.at < self._latest - self.retention_s:
                 self.expired += 1
                 return []
         group = contribution.group
@@ -371,6 +378,7 @@ class KpiPartition(BatchState):
             else:
                 replays += 1
         self.next_offset = offset + 1
+        self.aggregator.clock()
         return dirty, replays - (self.aggregator.expired - expired)
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
