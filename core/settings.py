@@ -286,11 +286,6 @@ class StreamsSettings(BaseModel):
         le=3600,
         description="an output not acknowledged in this stops the worker (restart resumes)",
     )
-    kpi_retention_s: float = Field(
-        default=172_800,
-        ge=3600,
-        description="KPI windows ended this long before the latest contribution are final",
-    )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )

@@ -36,15 +36,6 @@ SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from
 # Keys of the store that are not buckets (the agent's own bookkeeping, e.g. the
 # next contributions offset per partition) start with this; the aggregator skips them.
 META_PREFIX = "#"
-# The latest contribution time folded: the retention's clock ({"at": seconds}).
-LATEST_KEY = "#latest"
-# The cutoff of the last eviction ({"at": seconds}): windows that ended at or before
-# it are final (some of their buckets may be gone), never emitted again.
-EVICTED_KEY = "#evicted"
-# A stock's deltas from dropped buckets ({"level": sum, "through": the bucket start
-# before which every delta is in it}). "#" sorts before every bucket key, so a
-# checkpoint cut short never holds a dropped bucket's tombstone without its base.
-STOCK_BASE_PREFIX = "#stock|"
 
 
 class KpiAggregator:
@@ -54,18 +45,11 @@ class KpiAggregator:
         size_s: int,
         step_s: int,
         with_daily: bool = True,
-        retention_s: float | None = None,
     ) -> None:
         self.store = store
         self.size_s = size_s
         self.step_s = step_s
         self.with_daily = with_daily
-        # Windows that ended more than this before the latest contribution are final
-        # (:meth:`cutoff`); None keeps every bucket for ever.
-        self.retention_s = retention_s
-        self.expired = 0  # contributions dropped as older than the cutoff
-        latest = store.get(LATEST_KEY)
-        self._latest = float("-inf") if latest is None else float(latest["at"])
         # Stock KPIs (churn, upsell): per stock, bucket start → net delta, and the
         # buckets of the groups whose denominators read that stock.
         self._stock: dict[str, dict[int, float]] = {name: {} for name in STOCK_GROUP}
@@ -117,85 +101,7 @@ class KpiAggregator:
         name = stock[1]
         self._readers[name].add((f"{kpi}|{channel}|{touchpoint}", int(granularity), int(start)))
         if int(granularity) == self.step_s and f"{kpi}|{channel}|{touchpoint}" == STOCK_GROUP[name]:
-            if int(start) >= self._base(name)[1]:  # else already in the base level
-                self._stock[name][int(start)] = float(value.get(name, 0.0))
-
-    def _base(self, name: str) -> tuple[float, float]:
-        """A stock's (level, through) from the buckets dropped so far."""
-        base = self.store.get(STOCK_BASE_PREFIX + name)
-        if base is None:
-            return 0.0, float("-inf")
-        return float(base["level"]), float(base["through"])
-
-    def cutoff(self) -> float:
-        """The latest contribution time minus the retention (-inf without one): a
-        contribution before it is dropped as expired, and the next :meth:`evict`
-        makes the windows that ended at or before it final."""
-        if self.retention_s is None:
-            return float("-inf")
-        return self._latest - self.retention_s
-
-    def clock(self) -> None:
-        """Keep the latest contribution time in the store (the checkpoint's
-        ``#latest``): once per folded bundle, not per contribution."""
-        stored = self.store.get(LATEST_KEY)
-        if self._latest > float("-inf") and (stored is None or stored["at"] < self._latest):
-            self.store[LATEST_KEY] = {"at": self._latest}
-
-    def final_before(self) -> float:
-        """Windows that ended at or before this are final: the cutoff of the last
-        :meth:`evict` (-inf before any)."""
-        evicted = self.store.get(EVICTED_KEY)
-        return float("-inf") if evicted is None else float(evicted["at"])
-
-    def evict(self, cutoff: float | None = None) -> int:
-        """Make the windows that ended at or before ``cutoff`` (default: the cutoff
-        now) final and drop the buckets only they had (a stock's deltas go into its
-        base level); how many. The worker passes the cutoff of an emission pass
-        whose updates are out, so a window's last change is out before it is
-        final. A pass scans the store: once the cutoff has moved a step."""
-        cutoff = self.cutoff() if cutoff is None else cutoff
-        if cutoff == float("-inf") or cutoff - self.final_before() < self.step_s:
-            return 0
-        self.store[EVICTED_KEY] = {"at": cutoff}
-        if not self._indexed:
-            self._index()
-        # A stock's own buckets hold the levels at window starts: one is folded into
-        # the base only once every window still out starts after it.
-        earliest_start = cutoff - (DAY_S if self.with_daily else self.size_s)
-        stocks = set(STOCK_GROUP.values())
-        gone: list[tuple[int, str, int, str]] = []
-        for key in list(self.store.keys()):
-            if key.startswith(META_PREFIX):
-                continue
-            group, granularity, start = key.rsplit("|", 2)
-            if group in stocks and int(granularity) == self.step_s:
-                if int(start) + self.step_s > earliest_start:
-                    continue
-            elif int(start) + (DAY_S if int(granularity) == DAY_S else self.size_s) > cutoff:
-                continue
-            gone.append((int(start), group, int(granularity), key))
-        for at, name, size, key in sorted(gone):  # a stock's base in bucket order
-            self._dropped(name, size, at, self.store.pop(key))
-        return len(gone)
-
-    def _dropped(
-        self, group: str, granularity: int, start: int, value: Mapping[str, float]
-    ) -> None:
-        stock = STOCK_KPIS.get(group.split("|", 1)[0])
-        if stock is None:
-            return
-        name = stock[1]
-        self._readers[name].discard((group, granularity, start))
-        if granularity == self.step_s and group == STOCK_GROUP[name]:
-            level, through = self._base(name)
-            if start < through:  # folded already (its tombstone was lost in a cut)
-                return
-            self.store[STOCK_BASE_PREFIX + name] = {
-                "level": level + float(value.get(name, 0.0)),
-                "through": max(through, start + self.step_s),
-            }
-            self._stock[name].pop(start, None)
+            self._stock[name][int(start)] = float(value.get(name, 0.0))
 
     def reindex(self) -> None:
         self._indexed = False
@@ -207,8 +113,7 @@ class KpiAggregator:
         levels = self._levels
         if levels is not None and (name, at) in levels:
             return levels[(name, at)]
-        level = self._base(name)[0]  # folded buckets: all before any window still out
-        level += sum(delta for start, delta in self._stock[name].items() if start < at)
+        level = sum(delta for start, delta in self._stock[name].items() if start < at)
         if levels is not None:
             levels[(name, at)] = level
         return level
@@ -225,12 +130,6 @@ class KpiAggregator:
     def add(self, contribution: Contribution) -> list[DirtyBucket]:
         """Apply one contribution; returns the buckets whose windows changed (none
         for a replay): :meth:`windows_of` gives the windows."""
-        if self.retention_s is not None:
-            if contribution.at > self._latest:
-                self._latest = contribution.at
-            elif contribution.at < self._latest - self.retention_s:
-                self.expired += 1
-                return []
         group = contribution.group
         counts = dict(contribution.counts)
         mark = (SOURCE_MARK + contribution.source, contribution.offset)
@@ -251,16 +150,14 @@ class KpiAggregator:
 
     def windows_of(self, buckets: Iterable[DirtyBucket]) -> set[Dirty]:
         """The windows of some buckets: a day bucket's day, a step bucket's hopping
-        windows; not the final ones (:meth:`final_before`: some of their buckets
-        may be gone, e.g. a leftover of a checkpoint cut short)."""
+        windows."""
         out: set[Dirty] = set()
         for group, granularity, start in set(buckets):
             if granularity == DAY_S and self.with_daily:
                 out.add((group, Window(start, DAY_S)))
             else:
                 out.update((group, w) for w in hopping(start, self.size_s, self.step_s))
-        final = self.final_before()
-        return {(group, w) for group, w in out if w.end > final}
+        return out
 
     def _bump(self, key: str, counts: dict[str, float], mark: tuple[str, int]) -> bool:
         # Read-modify-write of a fresh dict: the store records assignments only
@@ -345,19 +242,16 @@ class KpiPartition(BatchState):
         step_s: int,
         with_daily: bool = True,
         records: Mapping[str, bytes | None] | None = None,
-        retention_s: float | None = None,
     ) -> None:
         super().__init__(records)
-        self.aggregator = KpiAggregator(self.store, size_s, step_s, with_daily, retention_s)
+        self.aggregator = KpiAggregator(self.store, size_s, step_s, with_daily)
 
     def fold(self, offset: int, value: bytes | None) -> tuple[list[DirtyBucket], int]:
         """A bundle at ``offset``: the buckets it changed, and how many of its
-        contributions were replays (already counted; those older than the cutoff
-        are counted in ``aggregator.expired`` instead). A bundle before the next
+        contributions were replays (already counted). A bundle before the next
         offset was folded already: nothing."""
         if offset < self.next_offset:
             return [], 0
-        expired = self.aggregator.expired
         body = orjson.loads(value or b"{}")
         dirty: list[DirtyBucket] = []
         replays = 0
@@ -378,8 +272,7 @@ class KpiPartition(BatchState):
             else:
                 replays += 1
         self.next_offset = offset + 1
-        self.aggregator.clock()
-        return dirty, replays - (self.aggregator.expired - expired)
+        return dirty, replays
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
         """Records for what changed since the last checkpoint, the next offset last."""

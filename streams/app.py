@@ -202,9 +202,6 @@ def create_app(
     metrics.prime(raw_topics)
 
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
-    # Per contributions partition: the KPI cutoff of the last emission pass whose
-    # updates are flushed; the next pass makes the windows ended before it final.
-    final_ready: dict[int, float] = {}
 
     async def crashed(stage: str, exc: BaseException) -> None:
         # By the stage's name (it counted every crash as "agent" while it looked
@@ -408,14 +405,9 @@ def create_app(
         is emitted again (an update pending when the previous owner stopped is not
         lost)."""
         part = KpiPartition(
-            streams.window_size_s,
-            streams.window_step_s,
-            streams.daily_window,
-            records,
-            retention_s=streams.kpi_retention_s,
+            streams.window_size_s, streams.window_step_s, streams.daily_window, records
         )
         dirty.update(part.aggregator.all_buckets())
-        final_ready.pop(tp.partition, None)
         return part
 
     async def stage_batch(
@@ -445,13 +437,10 @@ def create_app(
 
     async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
         """A bundle of contributions folded into its partition's buckets."""
-        expired = part.aggregator.expired
         changed, replays = part.fold(message.offset, message.value)
         dirty.update(changed)
         if replays:  # contributions counted before a restart
             metrics.replayed_contributions.inc(replays)
-        if part.aggregator.expired > expired:  # older than the KPI retention
-            metrics.expired_contributions.inc(part.aggregator.expired - expired)
 
     async def handle_contributions(batch: Batch) -> None:
         await stage_batch(kpi_intake, kpi_state_name, batch, fold_contributions)
@@ -680,9 +669,6 @@ def create_app(
                 for tp in kpi_intake.owned
                 if source_of(tp) in kpi_intake.states
             }
-            for partition, part in parts.items():
-                if partition in final_ready:
-                    part.aggregator.evict(final_ready.pop(partition))
             by_partition: dict[int, list[DirtyBucket]] = {}
             for bucket in buckets:
                 by_partition.setdefault(contribution_partition(bucket[0]), []).append(bucket)
@@ -696,9 +682,6 @@ def create_app(
                         update = aggregator.update(group, window, version, now)
                         if update.counts:
                             updates.append((update, window))
-            # Windows ended before this pass's cutoff had their last change in it
-            # (a later contribution to one is expired): final once it is flushed.
-            cutoffs = {partition: part.aggregator.cutoff() for partition, part in parts.items()}
         records: list[Record] = []
         for update, window in updates:
             key = f"{update.key}|{window.start}".encode()
@@ -709,7 +692,6 @@ def create_app(
             metrics.kpis.observe(update)
         await outputs.send_many(kpis_name, records)
         await outputs.flush()
-        final_ready.update(cutoffs)
 
     @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
     async def consumer_lag() -> None:

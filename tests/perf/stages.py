@@ -10,9 +10,9 @@ says which part of the worker costs what, and is quick enough to A/B a change
 (``python -m tests.perf.stages --events 100000``).
 
 ``--series N`` also samples the stages' state N times (entities by kind, dedup ids,
-KPI buckets, alert slots) against event time: with a longer ``--hours`` and a
-short ``--churn-horizon-s`` and ``--kpi-retention-s`` it shows whether the state
-stays bounded over several of them, which ``make bench``'s runs are too short to.
+KPI buckets, alert slots) against event time: with a longer
+``--hours`` and a short ``--churn-horizon-s`` it shows whether the state stays
+bounded over several horizons, which ``make bench``'s runs are too short to show.
 """
 
 from __future__ import annotations
@@ -309,18 +309,11 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=6, help="event time simulated")
     parser.add_argument("--series", type=int, default=0, help="state samples (0: none)")
     parser.add_argument("--churn-horizon-s", type=float, help="STREAMS__CHURN_HORIZON_S")
-    parser.add_argument("--kpi-retention-s", type=float, help="STREAMS__KPI_RETENTION_S")
     args = parser.parse_args()
     settings = load_settings()
-    update = {
-        name: value
-        for name, value in (
-            ("churn_horizon_s", args.churn_horizon_s),
-            ("kpi_retention_s", args.kpi_retention_s),
-        )
-        if value is not None
-    }
-    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update=update)})
+    if args.churn_horizon_s is not None:
+        streams = settings.streams.model_copy(update={"churn_horizon_s": args.churn_horizon_s})
+        settings = settings.model_copy(update={"streams": streams})
     # Never connected to: the outputs are captured and the intakes have no consumer.
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
     settings = settings.model_copy(update={"kafka": kafka})
