@@ -150,9 +150,10 @@ def worker() -> None:
             "[red]TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVERS is not set[/] (or use `touchstream up`)"
         )
         raise typer.Exit(2)
-    if worker_processes(settings) > 1:
-        _logging(settings)
-    raise typer.Exit(run(settings))
+    processes = worker_processes(settings)
+    if processes > 1:
+        _logging(settings)  # the supervisor's own lines; each process logs as Faust does
+    raise typer.Exit(run(settings, processes))
 
 
 @app.command(epilog=_env_help("kafka", "topics", "clickhouse", "sink", "metrics"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -144,8 +145,14 @@ class Stack:
             "sink_buffered": runner.sink.buffered if runner is not None else None,
             "worker_running": self.worker is not None and self.worker.poll() is None,
             "worker_metrics_port": self.settings.metrics.worker_port,
-            "worker_processes": worker_processes(self.settings),
+            "worker_processes": self.worker_process_count,
         }
+
+    @functools.cached_property
+    def worker_process_count(self) -> int:
+        """The processes the worker runs, as `touchstream worker` works it out (once:
+        the CX page asks at every poll, and it reads the cgroup's CPU quota)."""
+        return worker_processes(self.settings)
 
     def _start_metrics(self) -> None:
         metrics = self.settings.metrics
@@ -204,7 +211,7 @@ class Stack:
             bootstrap_servers=self.settings.kafka.bootstrap_servers or "",
             metrics_port=self.metrics_port,
             worker_metrics_port=self.settings.metrics.worker_port,
-            worker_processes=worker_processes(self.settings),
+            worker_processes=self.worker_process_count,
             embedded_clickhouse=self.settings.embedded_clickhouse,
             http_port=self.http_port,
         )

@@ -31,10 +31,11 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
-def run(settings: Settings) -> int:
-    """``touchstream worker``: one worker in this process, or a supervisor of several.
-    Returns the exit code (a single worker exits the process itself)."""
-    processes = worker_processes(settings)
+def run(settings: Settings, processes: int | None = None) -> int:
+    """``touchstream worker``: one worker in this process, or a supervisor of
+    ``processes`` (default: :func:`worker_processes`). Returns the exit code (a
+    single worker exits the process itself)."""
+    processes = worker_processes(settings) if processes is None else processes
     if processes == 1:
         run_worker(settings)
         return 0
