@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from kafka.errors import KafkaTimeoutError
 from kafka.partitioner.default import murmur2
@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import SettingsFactory
 from tests.samples import PROPERTIES, wire
+from tests.topics import assigned
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, free_port
 from touchstream.producers.emitter import (
@@ -114,19 +115,13 @@ def consume(settings: Settings, want: int, timeout_s: float = 20.0) -> list[Cons
     """
 
     async def read() -> list[ConsumerRecord]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            partitions = [
-                TopicPartition(settings.topic(family), p)
-                for family in FAMILIES
-                for p in range(settings.kafka.partitions)
-            ]
-            consumer.assign(partitions)
+        partitions = [
+            TopicPartition(settings.topic(family), p)
+            for family in FAMILIES
+            for p in range(settings.kafka.partitions)
+        ]
+        bootstrap = settings.kafka.bootstrap_servers
+        async with assigned(bootstrap, partitions, enable_auto_commit=False) as consumer:
             await consumer.seek_to_beginning(*partitions)
             records: list[ConsumerRecord] = []
             deadline = time.monotonic() + timeout_s
@@ -136,8 +131,6 @@ def consume(settings: Settings, want: int, timeout_s: float = 20.0) -> list[Cons
             for batch in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(batch)
             return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
-        finally:
-            await consumer.stop()
 
     return asyncio.run(read())
 

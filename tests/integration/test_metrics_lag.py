@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import SettingsFactory
 from tests.integration.test_sink_runner import FailingInserts, N, make_runner, produce_events
+from tests.topics import assigned
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker
 from touchstream.sinks.migrate import migrate
@@ -34,19 +35,13 @@ def test_worker_lag_is_highwater_minus_position(
             await producer.flush()
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        async with assigned(broker.bootstrap_servers, partitions) as consumer:
             got: list[Any] = []
             while len(got) < 4:
                 polled = await consumer.getmany(timeout_ms=1000, max_records=4 - len(got))
                 got.extend(r for records in polled.values() for r in records)
             return await measure_lag(consumer, {topic})
-        finally:
-            await consumer.stop()
 
     lags = asyncio.run(scenario())
     assert lags[(topic, 1)] == 6  # 10 written, 4 read

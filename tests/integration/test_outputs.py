@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests.conftest import SettingsFactory
+from tests.topics import assigned
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker
 from touchstream.streams.outputs import DeliveryFailed, Outputs
@@ -35,19 +36,13 @@ def test_send_many_lands_in_order_per_partition_across_batches(
             await outputs.flush()
         finally:
             await outputs.stop()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest"
-        )
-        await consumer.start()
         got: dict[int, list[tuple[bytes | None, bytes | None]]] = {0: [], 1: [], 2: []}
-        try:
-            consumer.assign([TopicPartition(topic, p) for p in got])
+        partitions = [TopicPartition(topic, p) for p in got]
+        async with assigned(broker.bootstrap_servers, partitions) as consumer:
             while sum(len(v) for v in got.values()) < len(records) + 1:
                 polled = await consumer.getmany(timeout_ms=1000)
                 for tp, batch in polled.items():
                     got[tp.partition].extend((r.key, r.value) for r in batch)
-        finally:
-            await consumer.stop()
         return got
 
     got = asyncio.run(asyncio.wait_for(scenario(), 60))
