@@ -121,6 +121,8 @@ class TouchstreamApp(faust.App):
     # Started with the app, not after table recovery as @app.task is: the raw
     # intake needs no table, and waiting delayed the first alert by seconds.
     early_tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
+    # The worker's timers by name, each the function one tick runs (see ``every``).
+    ticks: dict[str, Callable[[], Awaitable[None]]]
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -190,7 +192,11 @@ def create_app(
     outcome_state_name = settings.topic("outcome_state")
     alert_state_name = settings.topic("alert_state")
 
+    stopping = False  # set at shutdown: the timers tick no more
+
     async def stop_outputs(app: faust.App, **_: Any) -> None:
+        nonlocal stopping
+        stopping = True
         await intake.stop()  # its batch at hand finishes first
         await kpi_intake.stop()
         await outcome_intake.stop()
@@ -618,12 +624,36 @@ def create_app(
         lambda tp, records: BatchState(records),
     )
     app.early_tasks = (*app.early_tasks, run("touchstream.alerts", alert_intake))
+    app.ticks = {}
 
-    @app.timer(1.0, name="touchstream.outcome_progress")
-    async def outcome_progress() -> None:
-        await report_progress()
+    def every(name: str, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
+        """A timer of our own, started with the stages. Faust starts its timers only
+        once its consumer group has settled, 12 s after a restart here (a dead
+        member's session to time out) and longer with a production session
+        timeout: no KPI went out and no checkout was decided meanwhile. A tick
+        that raises ends the worker, as a stage's crash does."""
 
-    @app.timer(streams.alert_check_interval_s, name="touchstream.alert_sla")
+        async def ticking() -> None:
+            while not stopping:
+                await asyncio.sleep(interval_s)
+                if stopping:
+                    return
+                try:
+                    await tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a crash is loud: the worker exits
+                    if stopping:  # the outputs went away under it
+                        log.info("%s stopped mid-tick: %r", name, exc)
+                        return
+                    await crashed(name, exc)
+                    return
+
+        app.ticks[name] = tick
+        app.early_tasks = (*app.early_tasks, ticking)
+
+    every("touchstream.outcome_progress", 1.0, report_progress)
+
     async def check_alert_sla() -> None:
         # Overdue alerts get a tick message through the alerts stage (their slot
         # changes there, in batch order with raises and closings), not a write here.
@@ -650,7 +680,8 @@ def create_app(
         metrics.alerts_open.set(open_count)
         metrics.alerts_past_sla.set(past_sla)
 
-    @app.timer(streams.kpi_emit_interval_s, name="touchstream.emit_kpis")
+    every("touchstream.alert_sla", streams.alert_check_interval_s, check_alert_sla)
+
     async def emit_kpis() -> None:
         if not dirty:
             return
@@ -693,7 +724,8 @@ def create_app(
         await outputs.send_many(kpis_name, records)
         await outputs.flush()
 
-    @app.timer(worker_metrics.LAG_INTERVAL_S, name="touchstream.consumer_lag")
+    every("touchstream.emit_kpis", streams.kpi_emit_interval_s, emit_kpis)
+
     async def consumer_lag() -> None:
         lags: dict[tuple[str, int], int] = {}
         for stage, topics in (
@@ -705,6 +737,8 @@ def create_app(
             if stage.consumer is not None:
                 lags.update(await worker_metrics.measure_lag(stage.consumer, topics))
         metrics.consumer_lag.set(lags)
+
+    every("touchstream.consumer_lag", worker_metrics.LAG_INTERVAL_S, consumer_lag)
 
     @app.task
     async def started() -> None:

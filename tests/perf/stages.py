@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import inspect
 import sys
 import time
 from collections import Counter, defaultdict
@@ -138,11 +137,9 @@ class Offline(Intake[Any]):
 
 
 def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
-    """A Faust timer's own function (not the loop around it)."""
-    for task in app._app_tasks:  # noqa: SLF001 - where Faust keeps timers
-        if task.__name__ == name:
-            return inspect.unwrap(task)
-    raise LookupError(name)
+    """One tick of a worker timer (not the loop around it)."""
+    tick: Callable[[], Awaitable[None]] = app.ticks[f"touchstream.{name}"]
+    return tick
 
 
 def state_sizes(stages: dict[str, Offline]) -> dict[str, float]:
