@@ -286,6 +286,11 @@ class StreamsSettings(BaseModel):
         le=3600,
         description="an output not acknowledged in this stops the worker (restart resumes)",
     )
+    kpi_retention_s: float = Field(
+        default=172_800,
+        ge=3600,
+        description="KPI windows ended this long before the sources' watermark are final",
+    )
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )
@@ -304,6 +309,13 @@ class StreamsSettings(BaseModel):
     def _aligned(self) -> StreamsSettings:
         if self.window_size_s % self.window_step_s:
             raise ValueError("window_size_s must be a multiple of window_step_s")
+        # A raw event counts if within the lateness of its source's watermark, and a
+        # checkout counts at its start, decided up to the timeout later: windows made
+        # final must be past both, or on-time contributions would be dropped.
+        if self.kpi_retention_s <= self.allowed_lateness_s + self.abandonment_timeout_s:
+            raise ValueError(
+                "kpi_retention_s must exceed allowed_lateness_s + abandonment_timeout_s"
+            )
         return self
 
 

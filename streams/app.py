@@ -208,6 +208,10 @@ def create_app(
     metrics.prime(raw_topics)
 
     dirty: set[DirtyBucket] = set()  # buckets whose windows are to be emitted
+    # Per contributions partition: the KPI cutoff of the last emission pass whose
+    # updates are flushed (with the state it was of: a partition restored since
+    # starts afresh); the next pass makes the windows ended before it final.
+    final_ready: dict[int, tuple[KpiPartition, float]] = {}
 
     async def crashed(stage: str, exc: BaseException) -> None:
         # By the stage's name (it counted every crash as "agent" while it looked
@@ -260,19 +264,31 @@ def create_app(
         await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
+    outcome_sources = [
+        f"{topic}:{partition}"
+        for topic in (settings.topic("clickstream"), settings.topic("orders"))
+        for partition in range(kafka.partitions)
+    ]
+    # Every source of KPI contributions: the raw partitions and the outcome partitions.
+    kpi_sources = [
+        *(f"{topic}:{partition}" for topic in raw_topics for partition in range(kafka.partitions)),
+        *(f"outcomes:{partition}" for partition in range(kafka.partitions)),
+    ]
     outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
     idle_since: dict[str, float] = {}  # raw source → when this worker found it fully read
 
     async def report_progress() -> None:
-        """Tell every outcome partition how far each raw source this worker reads has
-        got in event time, or that it is idle (empty and fully read)."""
+        """Tell every outcome and contributions partition how far each raw source
+        this worker reads has got in event time, or that it is idle (empty and
+        fully read); and every contributions partition how far the outcome
+        partitions it owns have decided (the KPI stage's clock: the slowest of
+        them all)."""
         report: dict[str, dict[str, Any]] = {}
         # Under the intake's lock, the states are those of the last finished batch,
-        # whose ops are flushed: a report never overtakes the ops it covers.
+        # whose ops and contributions are flushed: a report never overtakes what
+        # it covers.
         async with intake.lock:
             for tp in intake.assignment():
-                if tp.topic not in outcome_topics:
-                    continue
                 source = f"{tp.topic}:{tp.partition}"
                 state = intake.states.get(source)
                 if state is None:
@@ -288,10 +304,29 @@ def create_app(
                 report[source] = {"at": at, "idle": idle, "expired": expired}
             for source in [s for s in idle_since if s not in intake.states]:
                 del idle_since[source]  # moved away: its next owner times it afresh
-        if report:
-            body = json.dumps({"marks": report}).encode()
+        outcome_report = {s: m for s, m in report.items() if s.split(":")[0] in outcome_topics}
+        if outcome_report:
+            body = json.dumps({"marks": outcome_report}).encode()
             for partition in range(kafka.partitions):
                 await outputs.send(outcome_events_name, body, partition=partition)
+        if report:
+            await send_marks(report)
+        # The outcome partitions' decisions: flushed before their lock is let go.
+        decided: dict[str, dict[str, Any]] = {}
+        async with outcome_intake.lock:
+            for tp in outcome_intake.owned:
+                part = outcome_intake.states.get(source_of(tp))
+                if part is not None and part.watermark is not None:
+                    mark = {"at": part.watermark, "idle": False, "expired": False}
+                    decided[f"outcomes:{tp.partition}"] = mark
+        if decided:
+            await send_marks(decided)
+
+    async def send_marks(marks: dict[str, dict[str, Any]]) -> None:
+        """Progress reports to every contributions partition (after what they cover)."""
+        body = orjson.dumps({"marks": marks})
+        for partition in range(kafka.partitions):
+            await outputs.send(contributions_name, body, key=BUNDLE_KEY, partition=partition)
 
     async def handle(batch: Batch) -> None:
         """One batch of raw messages: outputs flushed, then the checkpoint."""
@@ -411,7 +446,12 @@ def create_app(
         is emitted again (an update pending when the previous owner stopped is not
         lost)."""
         part = KpiPartition(
-            streams.window_size_s, streams.window_step_s, streams.daily_window, records
+            streams.window_size_s,
+            streams.window_step_s,
+            streams.daily_window,
+            records,
+            retention_s=streams.kpi_retention_s,
+            sources=kpi_sources,
         )
         dirty.update(part.aggregator.all_buckets())
         return part
@@ -442,11 +482,15 @@ def create_app(
         await send_checkpoints(parts, handled, state_topic)
 
     async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
-        """A bundle of contributions folded into its partition's buckets."""
+        """A bundle of contributions folded into its partition's buckets (or the
+        sources' progress: the partition's clock)."""
+        expired = part.aggregator.expired
         changed, replays = part.fold(message.offset, message.value)
         dirty.update(changed)
         if replays:  # contributions counted before a restart
             metrics.replayed_contributions.inc(replays)
+        if part.aggregator.expired > expired:  # older than the KPI retention
+            metrics.expired_contributions.inc(part.aggregator.expired - expired)
 
     async def handle_contributions(batch: Batch) -> None:
         await stage_batch(kpi_intake, kpi_state_name, batch, fold_contributions)
@@ -473,12 +517,6 @@ def create_app(
         return running
 
     app.early_tasks = (run("touchstream.ingest", intake), run("touchstream.kpis", kpi_intake))
-
-    outcome_sources = [
-        f"{topic}:{partition}"
-        for topic in (settings.topic("clickstream"), settings.topic("orders"))
-        for partition in range(kafka.partitions)
-    ]
 
     def restore_outcomes(tp: Any, records: dict[str, bytes | None]) -> OutcomePartition:
         return OutcomePartition(
@@ -559,6 +597,7 @@ def create_app(
             out.append(contribution.numbered(source, n))
             n += 1
         if watermark is not None:
+            part.watermark = watermark  # reported to the KPI stage once flushed
             settled = watermark - streams.allowed_lateness_s
             for kind in KINDS:
                 for decision in part.trackers[kind].decide(settled):
@@ -683,16 +722,10 @@ def create_app(
     every("touchstream.alert_sla", streams.alert_check_interval_s, check_alert_sla)
 
     async def emit_kpis() -> None:
-        if not dirty:
-            return
         updates = []
         # Under the KPI stage's lock: between batches, so what goes out is
         # checkpointed (a successor never emits a window older than this).
         async with kpi_intake.lock:
-            buckets = list(dirty)
-            dirty.clear()
-            now = utcnow()
-            version = time.time_ns()
             # Only partitions owned now: a revoked partition's windows are its new
             # owner's (who emits every window it restores), never ours, stale.
             parts = {
@@ -700,6 +733,16 @@ def create_app(
                 for tp in kpi_intake.owned
                 if source_of(tp) in kpi_intake.states
             }
+            # Windows the previous pass left final (every pass, changes or not: the
+            # clock moves on with the sources' reports alone).
+            for partition, part in parts.items():
+                ready = final_ready.pop(partition, None)
+                if ready is not None and ready[0] is part:
+                    part.aggregator.evict(ready[1])
+            buckets = list(dirty)
+            dirty.clear()
+            now = utcnow()
+            version = time.time_ns()
             by_partition: dict[int, list[DirtyBucket]] = {}
             for bucket in buckets:
                 by_partition.setdefault(contribution_partition(bucket[0]), []).append(bucket)
@@ -713,16 +756,21 @@ def create_app(
                         update = aggregator.update(group, window, version, now)
                         if update.counts:
                             updates.append((update, window))
-        records: list[Record] = []
-        for update, window in updates:
-            key = f"{update.key}|{window.start}".encode()
-            records.append(
-                (key, update.model_dump_json().encode(), partition_of(key, kafka.partitions))
-            )
-            metrics.kpi_updates.labels(update.kpi).inc()
-            metrics.kpis.observe(update)
-        await outputs.send_many(kpis_name, records)
-        await outputs.flush()
+            # Windows ended before this pass's cutoff had their last change in it
+            # (a later contribution to one is expired): final once it is flushed.
+            cutoffs = {p: (part, part.aggregator.cutoff()) for p, part in parts.items()}
+        if updates:
+            records: list[Record] = []
+            for update, window in updates:
+                key = f"{update.key}|{window.start}".encode()
+                records.append(
+                    (key, update.model_dump_json().encode(), partition_of(key, kafka.partitions))
+                )
+                metrics.kpi_updates.labels(update.kpi).inc()
+                metrics.kpis.observe(update)
+            await outputs.send_many(kpis_name, records)
+            await outputs.flush()
+        final_ready.update(cutoffs)
 
     every("touchstream.emit_kpis", streams.kpi_emit_interval_s, emit_kpis)
 

@@ -276,6 +276,7 @@ class WorkerMetrics:
     late_events: Counter
     replayed: Counter
     replayed_contributions: Counter
+    expired_contributions: Counter
     replayed_outcomes: Counter
     stitched_touches: Counter
     consumer_lag: PartitionLag
@@ -365,6 +366,12 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         replayed_contributions=Counter(
             "worker_replayed_contributions",
             "KPI contributions skipped as replays of ones already counted",
+            namespace=namespace,
+            registry=registry,
+        ),
+        expired_contributions=Counter(
+            "worker_expired_contributions",
+            "KPI contributions dropped: older than STREAMS__KPI_RETENTION_S behind the clock",
             namespace=namespace,
             registry=registry,
         ),

@@ -29,6 +29,9 @@ class OutcomePartition(BatchState):
         self.book = CustomerBook(self._store("customer"), churn_horizon_s)
         self.anonymous = AnonymousBook(self._store("anonymous"), churn_horizon_s)
         self.marks = self._store(f"mark|{partition}")
+        # The watermark of the latest decisions (not state: reported to the KPI
+        # stage, whose clock it holds back, once they are flushed).
+        self.watermark: float | None = None
         for tracker in self.trackers.values():
             tracker.rebuild()
         self.book.rebuild()

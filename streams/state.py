@@ -54,7 +54,8 @@ class PrefixedStore(MutableMapping[str, Entity]):
         return sum(1 for _ in self)
 
 
-# Checkpoint keys that are not state (state keys never start with "#").
+# Checkpoint keys that are not state (other "#" keys are state a stage keeps apart
+# from its entities, e.g. the KPI stage's clock and retention).
 NEXT_KEY = "#next"  # the next offset to read: every message before it is in the state
 PENDING_PREFIX = "#pending|"  # a batch's whole write set, before its key records
 PENDING_CHUNK_BYTES = 256_000  # a part of that write set per record (brokers take 1 MB)
@@ -127,7 +128,7 @@ class BatchState:
         if head is not None:
             self.next_offset = int(orjson.loads(head))
         for key, value in found.items():
-            if value is not None and not key.startswith("#"):
+            if value is not None and key != NEXT_KEY and not key.startswith(PENDING_PREFIX):
                 self.store[key] = orjson.loads(value)
         pending = self._pending(found)
         if pending is not None:

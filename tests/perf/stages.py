@@ -10,9 +10,9 @@ says which part of the worker costs what, and is quick enough to A/B a change
 (``python -m tests.perf.stages --events 100000``).
 
 ``--series N`` also samples the stages' state N times (entities by kind, dedup ids,
-KPI buckets, alert slots) against event time: with a longer
-``--hours`` and a short ``--churn-horizon-s`` it shows whether the state stays
-bounded over several horizons, which ``make bench``'s runs are too short to show.
+KPI buckets, alert slots) against event time: with a longer ``--hours`` and a
+short ``--churn-horizon-s`` and ``--kpi-retention-s`` it shows whether the state
+stays bounded over several of them, which ``make bench``'s runs are too short to.
 """
 
 from __future__ import annotations
@@ -144,8 +144,9 @@ def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
 
 def state_sizes(stages: dict[str, Offline]) -> dict[str, float]:
     """What the stages hold now: outcome entities by kind (checkout, cart, customer,
-    anonymous, mark), the ingest's dedup ids, KPI buckets, alert slots, and the
-    latest event time seen. (Not RSS: this harness keeps every output it captured.)"""
+    anonymous, mark), the ingest's dedup ids, KPI buckets, alert slots, the KPI
+    contributions expired so far, and the latest event time seen. (Not RSS: this
+    harness keeps every output it captured.)"""
     sizes: Counter[str] = Counter()
     for state in stages["outcomes"].states.values():
         for key in state.store:
@@ -153,6 +154,8 @@ def state_sizes(stages: dict[str, Offline]) -> dict[str, float]:
     sizes["dedup ids"] = sum(len(state) for state in stages["ingest"].states.values())
     sizes["kpi buckets"] = sum(len(state.store) for state in stages["kpis"].states.values())
     sizes["alert slots"] = sum(len(state.store) for state in stages["alerts"].states.values())
+    # Not state: KPI contributions dropped as older than the retention, so far.
+    sizes["kpi expired"] = sum(s.aggregator.expired for s in stages["kpis"].states.values())
     out: dict[str, float] = dict(sizes)
     out["event time"] = max(s.max_event_time for s in stages["ingest"].states.values())
     return out
@@ -276,6 +279,7 @@ SERIES_COLUMNS = (
     "anonymous",
     "dedup ids",
     "kpi buckets",
+    "kpi expired",
     "alert slots",
 )
 
@@ -306,11 +310,20 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=6, help="event time simulated")
     parser.add_argument("--series", type=int, default=0, help="state samples (0: none)")
     parser.add_argument("--churn-horizon-s", type=float, help="STREAMS__CHURN_HORIZON_S")
+    parser.add_argument("--kpi-retention-s", type=float, help="STREAMS__KPI_RETENTION_S")
     args = parser.parse_args()
     settings = load_settings()
-    if args.churn_horizon_s is not None:
-        streams = settings.streams.model_copy(update={"churn_horizon_s": args.churn_horizon_s})
-        settings = settings.model_copy(update={"streams": streams})
+    update = {
+        name: value
+        for name, value in (
+            ("churn_horizon_s", args.churn_horizon_s),
+            ("kpi_retention_s", args.kpi_retention_s),
+        )
+        if value is not None
+    }
+    # Validated as the worker's settings are (the retention against the lateness).
+    streams = type(settings.streams).model_validate(settings.streams.model_dump() | update)
+    settings = settings.model_copy(update={"streams": streams})
     # Never connected to: the outputs are captured and the intakes have no consumer.
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
     settings = settings.model_copy(update={"kafka": kafka})

@@ -83,6 +83,13 @@ def test_settings_are_frozen() -> None:
         ({"TOUCHSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "needs sasl_mechanism"),
         ({"TOUCHSTREAM_KAFKA__ACKS": "1"}, "enable_idempotence needs acks=all"),
         ({"TOUCHSTREAM_STREAMS__WINDOW_SIZE_S": "1000"}, "multiple of window_step_s"),
+        (
+            {
+                "TOUCHSTREAM_STREAMS__KPI_RETENTION_S": "3600",
+                "TOUCHSTREAM_STREAMS__ALLOWED_LATENESS_S": "3000",
+            },
+            "kpi_retention_s must exceed allowed_lateness_s + abandonment_timeout_s",
+        ),
         ({"TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVER": "typo:9092"}, "unknown setting"),
         ({"TOUCHSTREAM_LOGLEVEL": "DEBUG"}, "TOUCHSTREAM_LOGLEVEL"),
     ],

@@ -91,6 +91,18 @@ def test_a_restored_state_is_the_state_after_the_last_whole_batch() -> None:
     assert restored.checkpoint() == [(NEXT_KEY, b"9")]  # restoring is not a change
 
 
+def test_keys_of_a_stages_own_bookkeeping_are_state_but_the_checkpoints_are_not() -> None:
+    # "#" keys other than the next offset and the write set are a stage's state
+    # kept apart from its entities (the KPI stage's clock and retention).
+    whole = BatchState()
+    whole.store["#marks"] = {"raw:0": 5}
+    whole.store["cart|1"] = {"n": 1}
+    whole.next_offset = 3
+    restored = BatchState(compacted(whole.checkpoint()))
+    assert dict(restored.store) == {"#marks": {"raw:0": 5}, "cart|1": {"n": 1}}
+    assert restored.next_offset == 3
+
+
 @pytest.mark.parametrize("cut", range(0, 5))
 def test_a_checkpoint_cut_short_restores_a_whole_batch(cut: int) -> None:
     # Killed after `cut` records of the last checkpoint (write set, 2 keys, next):
