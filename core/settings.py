@@ -294,6 +294,11 @@ class StreamsSettings(BaseModel):
     alert_sla_s: float = Field(
         default=86_400, gt=0, description="an alert open longer is surfaced as overdue"
     )
+    alert_retention_s: float = Field(
+        default=604_800,
+        ge=3600,
+        description="a closed alert is forgotten this long after; older feedback raises none",
+    )
     alert_check_interval_s: float = Field(
         default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
@@ -316,6 +321,9 @@ class StreamsSettings(BaseModel):
             raise ValueError(
                 "kpi_retention_s must exceed allowed_lateness_s + abandonment_timeout_s"
             )
+        # Feedback within the lateness is on time: it must always raise its alert.
+        if self.alert_retention_s <= self.allowed_lateness_s:
+            raise ValueError("alert_retention_s must exceed allowed_lateness_s")
         return self
 
 

@@ -9,8 +9,10 @@ by its optional 1-5 score (<= 2).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from touchstream.schemas.events import (
     AnyEvent,
@@ -21,6 +23,8 @@ from touchstream.schemas.events import (
     NpsResponse,
 )
 from touchstream.schemas.records import Alert, AlertKind, alert_id_for
+from touchstream.streams.outcomes import combined_watermark
+from touchstream.streams.state import BatchState, Schedule
 
 
 def _trigger(event: AnyEvent) -> tuple[AlertKind, int | None, str | None, str | None] | None:
@@ -189,3 +193,80 @@ class AlertBook:
         return {
             k: v for k, v in self.slots.items() if isinstance(v, Alert) and v.status != "closed"
         }
+
+
+MARKS_KEY = "#marks"  # the raw sources' latest progress reports: the partition's clock
+
+
+def finished_at(data: Mapping[str, Any] | None) -> float | None:
+    """When a stored slot's case was closed (epoch seconds, its case_closed's event
+    time), if it is a closed alert or a closing still waiting for its alert; None
+    for an alert still open."""
+    if not data:
+        return None
+    if "closing" in data:
+        return datetime.fromisoformat(str(data["closing"]["closed_at"])).timestamp()
+    alert = data["alert"]
+    if alert.get("status") != "closed" or not alert.get("closed_at"):
+        return None
+    return datetime.fromisoformat(str(alert["closed_at"])).timestamp()
+
+
+class AlertPartition(BatchState):
+    """One partition of the alert events, as the alerts stage keeps it: the slot of
+    each alert id (JSON, :func:`slot_to_json`) and the progress reports of the raw
+    sources (``#marks``).
+
+    A slot whose case is closed is kept so that a replayed raise or closing
+    changes nothing; it is forgotten once the clock (the slowest raw source that
+    is not idle, as for the other stages) is ``retention_s`` past its closing.
+    Ingest raises no alert for feedback that much behind its own partition, so
+    nothing can raise a forgotten alert again. Open alerts are never forgotten:
+    the SLA check surfaces them until they are closed."""
+
+    def __init__(
+        self,
+        retention_s: float,
+        sources: Iterable[str],
+        records: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.retention_s = retention_s
+        self.sources = tuple(sources)
+        self._forget = Schedule()  # alert id → when its case was closed
+        for alert_id, data in self.slots():
+            self._forget.set(alert_id, finished_at(data))
+
+    def slots(self) -> Iterator[tuple[str, Any]]:
+        """(alert id, stored slot) for every slot."""
+        for key, value in list(self.store.items()):
+            if not key.startswith("#"):
+                yield key, value
+
+    def slot(self, alert_id: str) -> Slot:
+        return slot_from_json(self.store.get(alert_id))
+
+    def put(self, alert_id: str, slot: Slot) -> None:
+        data = slot_to_json(slot)
+        self.store[alert_id] = data
+        self._forget.set(alert_id, finished_at(data))
+
+    def cutoff(self) -> float | None:
+        """Cases closed before this are forgotten (None until every source has
+        reported)."""
+        clock = combined_watermark(
+            [(self.store.get(MARKS_KEY) or {}).get(source) for source in self.sources]
+        )
+        return None if clock is None else clock - self.retention_s
+
+    def note_marks(self, marks: Mapping[str, Any]) -> int:
+        """Progress reports of some raw sources; forgets the slots the clock has
+        passed by the retention (how many)."""
+        self.store[MARKS_KEY] = {**(self.store.get(MARKS_KEY) or {}), **marks}
+        cutoff = self.cutoff()
+        if cutoff is None:
+            return 0
+        gone = self._forget.due(cutoff)
+        for alert_id in gone:
+            self.store.pop(alert_id, None)
+        return len(gone)

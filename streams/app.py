@@ -41,6 +41,8 @@ from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
 from touchstream.streams.aggregate import DirtyBucket, KpiPartition
 from touchstream.streams.alerts import (
+    MARKS_KEY,
+    AlertPartition,
     Closing,
     on_closed,
     on_raised,
@@ -69,7 +71,6 @@ from touchstream.streams.outcomes import (
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, Record, partition_of
-from touchstream.streams.state import BatchState
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +270,9 @@ def create_app(
         for topic in (settings.topic("clickstream"), settings.topic("orders"))
         for partition in range(kafka.partitions)
     ]
+    raw_sources = [f"{topic}:{p}" for topic in raw_topics for p in range(kafka.partitions)]
     # Every source of KPI contributions: the raw partitions and the outcome partitions.
-    kpi_sources = [
-        *(f"{topic}:{partition}" for topic in raw_topics for partition in range(kafka.partitions)),
-        *(f"outcomes:{partition}" for partition in range(kafka.partitions)),
-    ]
+    kpi_sources = [*raw_sources, *(f"outcomes:{p}" for p in range(kafka.partitions))]
     outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
     idle_since: dict[str, float] = {}  # raw source → when this worker found it fully read
 
@@ -311,6 +310,11 @@ def create_app(
                 await outputs.send(outcome_events_name, body, partition=partition)
         if report:
             await send_marks(report)
+            body = orjson.dumps({"marks": report})
+            for partition in range(kafka.partitions):
+                await outputs.send(
+                    alert_events_name, body, key=MARKS_KEY.encode(), partition=partition
+                )
         # The outcome partitions' decisions: flushed before their lock is let go.
         decided: dict[str, dict[str, Any]] = {}
         async with outcome_intake.lock:
@@ -361,8 +365,16 @@ def create_app(
         for key, dead_letter in result.dead_letters:
             await outputs.send(dead_letters_name, dead_letter.model_dump_json().encode(), key=key)
             metrics.dead_letters.labels(dead_letter.reason).inc()
-        for event in result.events:
+        for event, source in zip(result.events, result.sources, strict=True):
             alert = raise_alert(event, now)
+            if alert is not None and (
+                event.occurred_at.timestamp()
+                < intake.states[source].max_event_time - streams.alert_retention_s
+            ):
+                # Its case is history: had it been raised and closed, its slot may
+                # be forgotten, and raising it again would reopen it.
+                metrics.stale_feedback.inc()
+                alert = None
             if alert is not None:
                 # Out at once, with this batch's flush: the alerts agent, one message
                 # at a time, only keeps its slot (for closing and the SLA), and
@@ -634,10 +646,13 @@ def create_app(
         # never left in a buffer.
         await stage_batch(alert_intake, alert_state_name, batch, handle_alert_event)
 
-    async def handle_alert_event(part: BatchState, message: RawMessage) -> None:
-        alert_id = (message.key or b"").decode()
+    async def handle_alert_event(part: AlertPartition, message: RawMessage) -> None:
         body = orjson.loads(message.value or b"{}")
-        slot = slot_from_json(part.store.get(alert_id))
+        if "marks" in body:  # the raw sources' progress: closed cases forgotten
+            part.note_marks(body["marks"])
+            return
+        alert_id = (message.key or b"").decode()
+        slot = part.slot(alert_id)
         if "raised" in body:
             raised = Alert.model_validate(body["raised"])
             slot, emitted = on_raised(slot, raised, emitted=body.get("emitted", False))
@@ -652,15 +667,15 @@ def create_app(
             # A replay after a restore emits the same alert again (idempotent
             # downstream by alert id and status).
             await emit_alert(emitted)
-        part.store[alert_id] = slot_to_json(slot)
+        part.put(alert_id, slot)
 
-    alert_intake: Intake[BatchState] = Intake(
+    alert_intake: Intake[AlertPartition] = Intake(
         settings,
         "alerts",
         [alert_events_name],
         handle_alerts,
         alert_state_name,
-        lambda tp, records: BatchState(records),
+        lambda tp, records: AlertPartition(streams.alert_retention_s, raw_sources, records),
     )
     app.early_tasks = (*app.early_tasks, run("touchstream.alerts", alert_intake))
     app.ticks = {}
@@ -702,7 +717,7 @@ def create_app(
             (alert_id, stored)
             for tp in alert_intake.owned
             if (part := alert_intake.states.get(source_of(tp))) is not None
-            for alert_id, stored in list(part.store.items())
+            for alert_id, stored in part.slots()
         ]
         for alert_id, stored in slots:
             slot = slot_from_json(stored)

@@ -277,6 +277,7 @@ class WorkerMetrics:
     replayed: Counter
     replayed_contributions: Counter
     expired_contributions: Counter
+    stale_feedback: Counter
     replayed_outcomes: Counter
     stitched_touches: Counter
     consumer_lag: PartitionLag
@@ -372,6 +373,13 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         expired_contributions=Counter(
             "worker_expired_contributions",
             "KPI contributions dropped: older than STREAMS__KPI_RETENTION_S behind the clock",
+            namespace=namespace,
+            registry=registry,
+        ),
+        stale_feedback=Counter(
+            "worker_stale_feedback",
+            "Detractor feedback older than STREAMS__ALERT_RETENTION_S behind its partition:"
+            " stored, no alert raised",
             namespace=namespace,
             registry=registry,
         ),

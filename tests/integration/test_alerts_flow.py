@@ -87,3 +87,51 @@ def test_raise_close_and_sla(broker: LocalBroker, make_settings: SettingsFactory
             await stack.stop()
 
     asyncio.run(scenario())
+
+
+def test_feedback_older_than_the_alert_retention_raises_none(
+    broker: LocalBroker, make_settings: SettingsFactory, ch: Any
+) -> None:
+    # A closed case's slot is forgotten the retention after its closing; feedback
+    # that far behind its partition could be a re-send of it, so it raises nothing.
+    settings = make_settings(broker.bootstrap_servers, streams={"alert_retention_s": 3600})
+    db = settings.clickhouse.database
+    now = datetime.now(UTC).replace(microsecond=0)
+    happy = wire("nps_response", occurred_at=now.isoformat(), properties={"score": 10})
+    stale = wire(
+        "nps_response",
+        occurred_at=(now - timedelta(hours=2)).isoformat(),
+        properties={"score": 1, "comment": "two hours ago"},
+    )
+    recent = wire(  # late too (beyond the 10 min lateness) but within the retention
+        "csat_response",
+        occurred_at=(now - timedelta(minutes=30)).isoformat(),
+        properties={"score": 1},
+    )
+
+    async def scenario() -> None:
+        stack = Stack(settings)
+        await stack.start()
+        try:
+            with Emitter(stack.settings) as emitter:
+                for event in (happy, stale, recent):  # one customer: one partition, in order
+                    emitter.emit(event)
+            deadline = time.monotonic() + 30
+            while True:
+                stack.check()
+                rows = ch.query(f"SELECT event_id FROM {db}.alerts FINAL").result_rows
+                landed = ch.query(f"SELECT count() FROM {db}.events FINAL").result_rows[0][0]
+                if rows and landed == 3:
+                    break
+                assert time.monotonic() < deadline, (rows, landed)
+                await asyncio.sleep(0.3)
+            assert [r[0] for r in rows] == [recent["event_id"]]  # not the stale one
+            late = ch.query(
+                f"SELECT late FROM {db}.events FINAL WHERE event_id = {{e:String}}",
+                parameters={"e": stale["event_id"]},
+            ).result_rows
+            assert late == [(1,)]  # stored, flagged late
+        finally:
+            await stack.stop()
+
+    asyncio.run(scenario())

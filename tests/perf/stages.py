@@ -11,8 +11,9 @@ says which part of the worker costs what, and is quick enough to A/B a change
 
 ``--series N`` also samples the stages' state N times (entities by kind, dedup ids,
 KPI buckets, alert slots) against event time: with a longer ``--hours`` and a
-short ``--churn-horizon-s`` and ``--kpi-retention-s`` it shows whether the state
-stays bounded over several of them, which ``make bench``'s runs are too short to.
+short ``--churn-horizon-s``, ``--kpi-retention-s`` and ``--alert-retention-s`` it
+shows whether the state stays bounded over several of them, which ``make
+bench``'s runs are too short to.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tests.perf.loadgen import simulated
 from touchstream.producers.simulator import encode, key_of
 from touchstream.schemas.events import family
 from touchstream.settings import Settings, load_settings
+from touchstream.streams.alerts import finished_at
 from touchstream.streams.ingest import RawMessage
 from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.outputs import Record, partition_of
@@ -144,16 +146,19 @@ def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
 
 def state_sizes(stages: dict[str, Offline]) -> dict[str, float]:
     """What the stages hold now: outcome entities by kind (checkout, cart, customer,
-    anonymous, mark), the ingest's dedup ids, KPI buckets, alert slots, the KPI
-    contributions expired so far, and the latest event time seen. (Not RSS: this
-    harness keeps every output it captured.)"""
+    anonymous, mark), the ingest's dedup ids, KPI buckets, alert slots (and how
+    many are open alerts, kept until closed), the KPI contributions expired so far,
+    and the latest event time seen. (Not RSS: this harness keeps every output it
+    captured.)"""
     sizes: Counter[str] = Counter()
     for state in stages["outcomes"].states.values():
         for key in state.store:
             sizes[key.split("|", 1)[0]] += 1
     sizes["dedup ids"] = sum(len(state) for state in stages["ingest"].states.values())
     sizes["kpi buckets"] = sum(len(state.store) for state in stages["kpis"].states.values())
-    sizes["alert slots"] = sum(len(state.store) for state in stages["alerts"].states.values())
+    slots = [slot for state in stages["alerts"].states.values() for _, slot in state.slots()]
+    sizes["alert slots"] = len(slots)
+    sizes["alerts open"] = sum(1 for slot in slots if finished_at(slot) is None)
     # Not state: KPI contributions dropped as older than the retention, so far.
     sizes["kpi expired"] = sum(s.aggregator.expired for s in stages["kpis"].states.values())
     out: dict[str, float] = dict(sizes)
@@ -281,6 +286,7 @@ SERIES_COLUMNS = (
     "kpi buckets",
     "kpi expired",
     "alert slots",
+    "alerts open",
 )
 
 
@@ -311,6 +317,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=0, help="state samples (0: none)")
     parser.add_argument("--churn-horizon-s", type=float, help="STREAMS__CHURN_HORIZON_S")
     parser.add_argument("--kpi-retention-s", type=float, help="STREAMS__KPI_RETENTION_S")
+    parser.add_argument("--alert-retention-s", type=float, help="STREAMS__ALERT_RETENTION_S")
     args = parser.parse_args()
     settings = load_settings()
     update = {
@@ -318,6 +325,7 @@ def main() -> None:
         for name, value in (
             ("churn_horizon_s", args.churn_horizon_s),
             ("kpi_retention_s", args.kpi_retention_s),
+            ("alert_retention_s", args.alert_retention_s),
         )
         if value is not None
     }

@@ -90,6 +90,13 @@ def test_settings_are_frozen() -> None:
             },
             "kpi_retention_s must exceed allowed_lateness_s + abandonment_timeout_s",
         ),
+        (
+            {
+                "TOUCHSTREAM_STREAMS__ALERT_RETENTION_S": "3600",
+                "TOUCHSTREAM_STREAMS__ALLOWED_LATENESS_S": "3600",
+            },
+            "alert_retention_s must exceed allowed_lateness_s",
+        ),
         ({"TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVER": "typo:9092"}, "unknown setting"),
         ({"TOUCHSTREAM_LOGLEVEL": "DEBUG"}, "TOUCHSTREAM_LOGLEVEL"),
     ],

@@ -7,7 +7,15 @@ import pytest
 from tests.samples import wire
 from touchstream.schemas import Invalid, parse_object
 from touchstream.schemas.events import AnyEvent, CaseClosed
-from touchstream.streams.alerts import AlertBook, Closing, alert_id_for, on_raised, raise_alert
+from touchstream.streams.alerts import (
+    AlertBook,
+    AlertPartition,
+    Closing,
+    alert_id_for,
+    on_closed,
+    on_raised,
+    raise_alert,
+)
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
@@ -110,3 +118,63 @@ def test_an_alert_already_emitted_by_ingest_is_kept_not_sent_again() -> None:
     early = Closing.of(closing(alert.alert_id, alert.occurred_at + timedelta(minutes=2)))
     slot, out = on_raised(early, alert, emitted=True)
     assert out is not None and out.status == "closed" and slot == out
+
+
+# -- the alerts stage's partition: closed cases forgotten after the retention
+
+SOURCES = ("cx.feedback.v1:0", "storefront.orders.v1:0")
+DAY = 86_400.0
+
+
+def progress(at: datetime, **flags: bool) -> dict[str, dict[str, object]]:
+    mark: dict[str, object] = {"at": at.timestamp(), "idle": False, "expired": False, **flags}
+    return {source: mark for source in SOURCES}
+
+
+def test_a_closed_case_is_forgotten_once_the_clock_is_the_retention_past_it() -> None:
+    part = AlertPartition(7 * DAY, SOURCES)
+    opened = raise_alert(event("nps_response", score=1), NOW)
+    closed = raise_alert(event("csat_response", score=1), NOW)
+    assert opened is not None and closed is not None
+    part.put(opened.alert_id, on_raised(None, opened)[0])
+    shut = Closing.of(closing(closed.alert_id, closed.occurred_at + timedelta(hours=1)))
+    part.put(closed.alert_id, on_closed(on_raised(None, closed)[0], shut)[0])
+    early = Closing.of(closing("a-never-raised", NOW + timedelta(hours=2)))
+    part.put(early.alert_id, early)
+    # No clock until every source has reported.
+    assert part.note_marks({SOURCES[0]: progress(NOW + timedelta(days=30))[SOURCES[0]]}) == 0
+    part.note_marks(progress(shut.closed_at + timedelta(days=7)))  # exactly the retention
+    assert {k for k, _ in part.slots()} == {opened.alert_id, early.alert_id}
+    part.note_marks(progress(NOW + timedelta(days=30)))
+    # An open alert is never forgotten (the SLA check surfaces it until closed).
+    assert [k for k, _ in part.slots()] == [opened.alert_id]
+    assert "#marks" in part.store and part.store[opened.alert_id]["alert"]["status"] == "open"
+
+
+def test_an_idle_source_holds_the_clock_until_it_has_been_idle_long_enough() -> None:
+    part = AlertPartition(DAY, SOURCES)
+    alert = raise_alert(event("ces_response", score=1), NOW)
+    assert alert is not None
+    shut = Closing.of(closing(alert.alert_id, NOW))
+    part.put(alert.alert_id, on_closed(on_raised(None, alert)[0], shut)[0])
+    ahead = progress(NOW + timedelta(days=3))
+    part.note_marks({SOURCES[0]: ahead[SOURCES[0]]})
+    part.note_marks({SOURCES[1]: progress(NOW, idle=True)[SOURCES[1]]})
+    assert [k for k, _ in part.slots()] == [alert.alert_id]  # held back by the idle one
+    part.note_marks({SOURCES[1]: progress(NOW, idle=True, expired=True)[SOURCES[1]]})
+    assert list(part.slots()) == []
+
+
+def test_a_restored_partition_forgets_the_same_slots() -> None:
+    part = AlertPartition(DAY, SOURCES)
+    for hours in (1, 30):
+        alert = raise_alert(event("nps_response", score=hours % 7), NOW)
+        assert alert is not None
+        shut = Closing.of(closing(alert.alert_id, NOW + timedelta(hours=hours)))
+        part.put(alert.alert_id, on_closed(on_raised(None, alert)[0], shut)[0])
+    part.next_offset = 5
+    restored = AlertPartition(DAY, SOURCES, dict(part.checkpoint()))
+    assert sorted(restored.slots()) == sorted(part.slots())
+    for p in (part, restored):
+        assert p.note_marks(progress(NOW + timedelta(hours=26))) == 1
+    assert sorted(restored.slots()) == sorted(part.slots()) and len(list(part.slots())) == 1
