@@ -277,11 +277,9 @@ def create_app(
     idle_since: dict[str, float] = {}  # raw source → when this worker found it fully read
 
     async def report_progress() -> None:
-        """Tell every outcome and contributions partition how far each raw source
-        this worker reads has got in event time, or that it is idle (empty and
-        fully read); and every contributions partition how far the outcome
-        partitions it owns have decided (the KPI stage's clock: the slowest of
-        them all)."""
+        """Tell every outcome, contributions and alert partition how far each raw
+        source this worker reads has got in event time, or that it is idle (empty
+        and fully read): the clocks of the stages after ingest."""
         report: dict[str, dict[str, Any]] = {}
         # Under the intake's lock, the states are those of the last finished batch,
         # whose ops and contributions are flushed: a report never overtakes what
@@ -315,7 +313,12 @@ def create_app(
                 await outputs.send(
                     alert_events_name, body, key=MARKS_KEY.encode(), partition=partition
                 )
-        # The outcome partitions' decisions: flushed before their lock is let go.
+
+    async def report_decisions() -> None:
+        """Tell every contributions partition how far the outcome partitions this
+        worker owns have decided (a timer of its own: waiting for the outcome
+        stage's lock must not hold the raw sources' reports back)."""
+        # Under the stage's lock: the decisions they cover are flushed.
         decided: dict[str, dict[str, Any]] = {}
         async with outcome_intake.lock:
             for tp in outcome_intake.owned:
@@ -707,6 +710,7 @@ def create_app(
         app.early_tasks = (*app.early_tasks, ticking)
 
     every("touchstream.outcome_progress", 1.0, report_progress)
+    every("touchstream.decision_progress", 1.0, report_decisions)
 
     async def check_alert_sla() -> None:
         # Overdue alerts get a tick message through the alerts stage (their slot

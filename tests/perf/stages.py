@@ -181,7 +181,12 @@ async def run(
     worker_app.Intake = Offline  # type: ignore[misc]
     app = worker_app.create_app(settings, on_crash=lambda code: sys.exit(code))
     stages = {intake.purpose: intake for intake in Offline.created}
-    progress_timer, emit_timer = timer(app, "outcome_progress"), timer(app, "emit_kpis")
+    progress_ticks = [timer(app, "outcome_progress"), timer(app, "decision_progress")]
+    emit_timer = timer(app, "emit_kpis")
+
+    async def progress_timer() -> None:
+        for tick in progress_ticks:
+            await tick()
 
     topic_of = {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
     # The raw input in event-time order across topics and partitions, read in that
