@@ -804,6 +804,19 @@ def create_app(
             if stage.consumer is not None:
                 lags.update(await worker_metrics.measure_lag(stage.consumer, topics))
         metrics.consumer_lag.set(lags)
+        held = {
+            "ingest": sum(len(state) for state in list(intake.states.values())),
+            **{
+                name: sum(len(part.store) for part in list(stage.states.values()))
+                for name, stage in (
+                    ("kpis", kpi_intake),
+                    ("outcomes", outcome_intake),
+                    ("alerts", alert_intake),
+                )
+            },
+        }
+        for name, keys in held.items():
+            metrics.state_keys.labels(name).set(keys)
 
     every("touchstream.consumer_lag", worker_metrics.LAG_INTERVAL_S, consumer_lag)
 

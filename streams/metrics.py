@@ -277,6 +277,7 @@ class WorkerMetrics:
     replayed: Counter
     replayed_contributions: Counter
     expired_contributions: Counter
+    state_keys: Gauge
     stale_feedback: Counter
     replayed_outcomes: Counter
     stitched_touches: Counter
@@ -373,6 +374,14 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
         expired_contributions=Counter(
             "worker_expired_contributions",
             "KPI contributions dropped: older than STREAMS__KPI_RETENTION_S behind the clock",
+            namespace=namespace,
+            registry=registry,
+        ),
+        state_keys=Gauge(
+            "worker_state_keys",
+            "Keys each stage holds in this worker's partitions: ingest dedup ids, KPI"
+            " buckets, outcome entities, alert slots (bounded in event time)",
+            ["stage"],
             namespace=namespace,
             registry=registry,
         ),
