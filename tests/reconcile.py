@@ -19,6 +19,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from tests.topics import read_all
 from touchstream.producers.simulator import Message, SimulationConfig
 from touchstream.producers.truth import Truth, truth_for
 from touchstream.settings import Settings, StreamsSettings
@@ -154,3 +155,24 @@ def send(producer: KafkaProducer, settings: Settings, messages: Iterable[Message
     for m in messages:
         producer.send(settings.topic(m.family), key=m.key, value=m.value)
     producer.flush()
+
+
+def latest_kpi_version(ch: Any, db: str) -> int:
+    """The newest KPI version in ClickHouse (nanoseconds of its emission)."""
+    return int(ch.query(f"SELECT max(version) FROM {db}.kpi_touchpoint").result_rows[0][0])
+
+
+async def kpis_evicted(stack: Stack, timeout_s: float = 60) -> None:
+    """Wait until the KPI stage has made windows final and dropped their buckets
+    (``#evicted`` and tombstones in its checkpoint topic); fails after ``timeout_s``."""
+    settings = stack.settings
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = await read_all(
+            settings.kafka.bootstrap_servers, settings.topic("kpi_state"), settings.kafka.partitions
+        )
+        if any(k == b"#evicted" for k, _ in records) and any(v is None for _, v in records):
+            return
+        stack.check()
+        assert time.monotonic() < deadline, "no KPI window was ever made final"
+        await asyncio.sleep(0.5)

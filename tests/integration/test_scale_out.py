@@ -25,7 +25,11 @@ def test_two_workers_one_killed_and_back_kpis_exact(
     settings = make_settings(
         broker.bootstrap_servers,
         kafka={"partitions": 6},
-        streams={"kpi_emit_interval_s": 0.5},
+        # A 1 h KPI retention: whatever the workers make final or drop across the
+        # kill and the rebalances must change no window (whether it acts before
+        # the end depends on the partitions' pace; tests/reliability/
+        # test_worker_kill.py waits until it has).
+        streams={"kpi_emit_interval_s": 0.5, "kpi_retention_s": 3600},
     )
     db = settings.clickhouse.database
     streams = settings.streams

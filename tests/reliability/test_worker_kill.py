@@ -10,40 +10,13 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka import TopicPartition
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
-from tests.reconcile import landed, send, until_reconciled
+from tests.reconcile import kpis_evicted, landed, latest_kpi_version, send, until_reconciled
 from tests.reliability.conftest import Simulated
-from tests.topics import assigned
 from touchstream.localbroker import LocalBroker
-from touchstream.settings import Settings
 from touchstream.stack import Stack
-
-
-async def kpi_checkpoints(settings: Settings) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of the KPI stage's checkpoint topic, (key, value)."""
-    topic = settings.topic("kpi_state")
-    partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
-    records: list[tuple[bytes | None, bytes | None]] = []
-    async with assigned(settings.kafka.bootstrap_servers, partitions) as consumer:
-        ends = await consumer.end_offsets(partitions)
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend((r.key, r.value) for r in batch)
-    return records
-
-
-def latest_version(ch: Any, db: str) -> int:
-    """The newest KPI version in ClickHouse (nanoseconds of its emission)."""
-    return int(ch.query(f"SELECT max(version) FROM {db}.kpi_touchpoint").result_rows[0][0])
-
-
-async def evicted(settings: Settings) -> bool:
-    """Whether the KPI stage has made windows final and dropped buckets."""
-    records = await kpi_checkpoints(settings)
-    return any(key == b"#evicted" for key, _ in records) and any(v is None for _, v in records)
 
 
 def test_worker_kills_lose_nothing_and_count_nothing_twice(
@@ -81,18 +54,16 @@ def test_worker_kills_lose_nothing_and_count_nothing_twice(
             # The retention acts (windows made final, their buckets dropped) once the
             # outcome partitions report their decisions' progress; a third kill
             # then restores partitions with final windows: still exact.
-            deadline = time.monotonic() + 60
-            while not await evicted(stack.settings):
-                stack.check()
-                assert time.monotonic() < deadline, "no KPI window was ever made final"
-                await asyncio.sleep(0.5)
-            killed_at = time.time_ns()
+            # (at most a minute after the end: a partition whose events ended early
+            # holds the clock until it has been idle STREAMS__IDLE_SOURCE_S)
+            await kpis_evicted(stack, timeout_s=120)
+            killed_at, deadline = time.time_ns(), time.monotonic() + 60
             stack.kill_worker(restart=True)
             # The successor emits every window it restored that is not final: once
             # they land, ClickHouse must still equal the truth.
-            while await asyncio.to_thread(latest_version, ch, db) < killed_at:
+            while await asyncio.to_thread(latest_kpi_version, ch, db) < killed_at:
                 stack.check()
-                assert time.monotonic() < deadline + 60, "no KPI was emitted after the kill"
+                assert time.monotonic() < deadline, "no KPI was emitted after the kill"
                 await asyncio.sleep(0.5)
             await asyncio.sleep(2)  # the rest of that emission pass lands
             await until_reconciled(stack, ch, db, want, timeout_s=150)
