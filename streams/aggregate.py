@@ -9,7 +9,7 @@ Retention: windows that ended more than ``retention_s`` before the partition's
 clock are final: never emitted again, their buckets dropped. The clock is a
 watermark over the sources (:meth:`KpiAggregator.note_marks`): every raw
 partition's and outcome partition's progress report, the slowest that is not
-idle bounds it (:func:`combined_watermark`), as for the outcome stage's
+idle bounds it (:func:`clock_of`), as for the outcome stage's
 decisions. A contribution older than the cutoff is dropped and counted
 (``expired``), except a stock's delta: it goes into the stock's base level,
 which every window still out reads.
@@ -34,7 +34,7 @@ import orjson
 from touchstream.schemas import KpiUpdate
 from touchstream.streams.customers import STOCK_GROUP, STOCK_KPIS
 from touchstream.streams.kpis import Contribution, merge, value_of
-from touchstream.streams.outcomes import combined_watermark
+from touchstream.streams.outcomes import MARKS_KEY, clock_of, note_marks
 from touchstream.streams.state import NEXT_KEY, BatchState
 from touchstream.streams.windows import DAY_S, Window, bucket_of, buckets_of_window, daily, hopping
 
@@ -46,8 +46,6 @@ SOURCE_MARK = "@"  # bucket entries "@<source>": the highest offset counted from
 # Keys of the store that are not buckets (the agent's own bookkeeping, e.g. the
 # next contributions offset per partition) start with this; the aggregator skips them.
 META_PREFIX = "#"
-# The sources' latest progress reports ({source: {"at", "idle", "expired"}}): the clock.
-MARKS_KEY = "#marks"
 # The cutoff of the last eviction ({"at": seconds}): windows that ended at or before
 # it are final (some of their buckets may be gone), never emitted again.
 EVICTED_KEY = "#evicted"
@@ -144,15 +142,12 @@ class KpiAggregator:
 
     def note_marks(self, marks: Mapping[str, Any]) -> None:
         """Progress reports of some sources (the latest of each is kept)."""
-        known = dict(self.store.get(MARKS_KEY) or {})
-        known.update(marks)
-        self.store[MARKS_KEY] = known
-        self._cutoff = self._cutoff_of(known)
+        self._cutoff = self._cutoff_of(note_marks(self.store, marks))
 
     def _cutoff_of(self, marks: Mapping[str, Any]) -> float:
         if self.retention_s is None or not self.sources:
             return NO_TIME
-        clock = combined_watermark([marks.get(source) for source in self.sources])
+        clock = clock_of(marks, self.sources)
         return NO_TIME if clock is None else clock - self.retention_s
 
     def cutoff(self) -> float:

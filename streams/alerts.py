@@ -23,7 +23,7 @@ from touchstream.schemas.events import (
     NpsResponse,
 )
 from touchstream.schemas.records import Alert, AlertKind, alert_id_for
-from touchstream.streams.outcomes import combined_watermark
+from touchstream.streams.outcomes import MARKS_KEY, clock_of, note_marks
 from touchstream.streams.state import BatchState, Schedule
 
 
@@ -195,9 +195,6 @@ class AlertBook:
         }
 
 
-MARKS_KEY = "#marks"  # the raw sources' latest progress reports: the partition's clock
-
-
 def finished_at(data: Mapping[str, Any] | None) -> float | None:
     """When a stored slot's case was closed (epoch seconds, its case_closed's event
     time), if it is a closed alert or a closing still waiting for its alert; None
@@ -254,15 +251,13 @@ class AlertPartition(BatchState):
     def cutoff(self) -> float | None:
         """Cases closed before this are forgotten (None until every source has
         reported)."""
-        clock = combined_watermark(
-            [(self.store.get(MARKS_KEY) or {}).get(source) for source in self.sources]
-        )
+        clock = clock_of(self.store.get(MARKS_KEY) or {}, self.sources)
         return None if clock is None else clock - self.retention_s
 
     def note_marks(self, marks: Mapping[str, Any]) -> int:
         """Progress reports of some raw sources; forgets the slots the clock has
         passed by the retention (how many)."""
-        self.store[MARKS_KEY] = {**(self.store.get(MARKS_KEY) or {}), **marks}
+        note_marks(self.store, marks)
         cutoff = self.cutoff()
         if cutoff is None:
             return 0

@@ -41,7 +41,6 @@ from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
 from touchstream.streams.aggregate import DirtyBucket, KpiPartition
 from touchstream.streams.alerts import (
-    MARKS_KEY,
     AlertPartition,
     Closing,
     on_closed,
@@ -64,9 +63,10 @@ from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
     KINDS,
+    MARKS_KEY,
     Op,
     apply,
-    combined_watermark,
+    clock_of,
     decision_contributions,
     ops_of,
 )
@@ -265,15 +265,11 @@ def create_app(
         await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
-    outcome_sources = [
-        f"{topic}:{partition}"
-        for topic in (settings.topic("clickstream"), settings.topic("orders"))
-        for partition in range(kafka.partitions)
-    ]
+    outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
     raw_sources = [f"{topic}:{p}" for topic in raw_topics for p in range(kafka.partitions)]
+    outcome_sources = [s for s in raw_sources if s.rsplit(":", 1)[0] in outcome_topics]
     # Every source of KPI contributions: the raw partitions and the outcome partitions.
     kpi_sources = [*raw_sources, *(f"outcomes:{p}" for p in range(kafka.partitions))]
-    outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
     idle_since: dict[str, float] = {}  # raw source → when this worker found it fully read
 
     async def report_progress() -> None:
@@ -301,18 +297,10 @@ def create_app(
                 report[source] = {"at": at, "idle": idle, "expired": expired}
             for source in [s for s in idle_since if s not in intake.states]:
                 del idle_since[source]  # moved away: its next owner times it afresh
-        outcome_report = {s: m for s, m in report.items() if s.split(":")[0] in outcome_topics}
-        if outcome_report:
-            body = json.dumps({"marks": outcome_report}).encode()
-            for partition in range(kafka.partitions):
-                await outputs.send(outcome_events_name, body, partition=partition)
-        if report:
-            await send_marks(report)
-            body = orjson.dumps({"marks": report})
-            for partition in range(kafka.partitions):
-                await outputs.send(
-                    alert_events_name, body, key=MARKS_KEY.encode(), partition=partition
-                )
+        outcome_report = {s: m for s, m in report.items() if s.rsplit(":", 1)[0] in outcome_topics}
+        await send_marks(outcome_events_name, outcome_report)
+        await send_marks(contributions_name, report)
+        await send_marks(alert_events_name, report)
 
     async def report_decisions() -> None:
         """Tell every contributions partition how far the outcome partitions this
@@ -326,14 +314,16 @@ def create_app(
                 if part is not None and part.watermark is not None:
                     mark = {"at": part.watermark, "idle": False, "expired": False}
                     decided[f"outcomes:{tp.partition}"] = mark
-        if decided:
-            await send_marks(decided)
+        await send_marks(contributions_name, decided)
 
-    async def send_marks(marks: dict[str, dict[str, Any]]) -> None:
-        """Progress reports to every contributions partition (after what they cover)."""
+    async def send_marks(topic: str, marks: dict[str, dict[str, Any]]) -> None:
+        """Progress reports (if any) to every partition of an internal topic, sent
+        after what they cover."""
+        if not marks:
+            return
         body = orjson.dumps({"marks": marks})
         for partition in range(kafka.partitions):
-            await outputs.send(contributions_name, body, key=BUNDLE_KEY, partition=partition)
+            await outputs.send(topic, body, key=MARKS_KEY.encode(), partition=partition)
 
     async def handle(batch: Batch) -> None:
         """One batch of raw messages: outputs flushed, then the checkpoint."""
@@ -579,7 +569,7 @@ def create_app(
         else:  # one step (before bundles)
             apply(part.trackers[body["kind"]], Op(**body))
         await send_stitched(stitched)
-        watermark = combined_watermark([part.marks.get(source) for source in outcome_sources])
+        watermark = clock_of(part.marks, outcome_sources)
         await decide(part, offset, watermark, merged)
 
     async def send_stitched(stitched: dict[str, list[Any]]) -> None:

@@ -25,7 +25,7 @@ every open entity.
 from __future__ import annotations
 
 import bisect
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,24 @@ def combined_watermark(marks: list[dict[str, Any] | None]) -> float | None:
     if live:
         return min(live)
     return max(float(m["at"]) for m in reached)
+
+
+def clock_of(marks: Mapping[str, Any], sources: Iterable[str]) -> float | None:
+    """The :func:`combined_watermark` of ``sources`` from their latest reports
+    (``marks``: source → report; one not in it has not reported yet)."""
+    return combined_watermark([marks.get(source) for source in sources])
+
+
+# Where a stage partition keeps the latest report of each source (its clock), as
+# state: the KPI and alert stages (the outcome stage keeps them as keys of their own).
+MARKS_KEY = "#marks"
+
+
+def note_marks(store: MutableMapping[str, Any], marks: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the latest report of each source in ``store[MARKS_KEY]``; all of them."""
+    known = {**(store.get(MARKS_KEY) or {}), **marks}
+    store[MARKS_KEY] = known
+    return known
 
 
 def apply(tracker: OutcomeTracker, op: Op) -> None:
