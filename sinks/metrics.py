@@ -14,6 +14,7 @@ SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class SinkMetrics:
     rows_written: Counter
     rows_rejected: Counter
+    raw_batches_mapped: Counter
     batch_rows: Histogram
     flush_seconds: Histogram
     insert_failures: Counter
@@ -37,6 +38,14 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> SinkM
             "sink_rows_rejected",
             "Records that could not be mapped to a row (kept as dead letters)",
             ["topic"],
+            namespace=namespace,
+            registry=registry,
+        ),
+        raw_batches_mapped=Counter(
+            "sink_raw_batches_mapped",
+            "Batches of records inserted as they came (JSONEachRow) that failed and "
+            "were mapped row by row instead",
+            ["table"],
             namespace=namespace,
             registry=registry,
         ),

@@ -22,10 +22,15 @@ from typing import Any
 import clickhouse_connect
 import pytest
 import sqlalchemy
+from prometheus_client import CollectorRegistry
 
 from tests.conftest import SettingsFactory
+from tests.unit.sinks.test_clickhouse_sink import TOPICS as SINK_TOPICS
+from tests.unit.sinks.test_clickhouse_sink import forwarded_records
 from touchstream.chhttp import EngineHTTP
 from touchstream.settings import Settings
+from touchstream.sinks import metrics as sink_metrics
+from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
 from touchstream.sinks.client import connect
 from touchstream.sinks.migrate import migrate
 
@@ -159,6 +164,38 @@ def test_uncompressed_client_inserts_too(endpoint: Endpoint) -> None:
         assert writer.query("SELECT note FROM notes WHERE id = 10").result_rows == [("plain",)]
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_the_sink_inserts_forwarded_events_as_they_come(endpoint: Endpoint, compress: bool) -> None:
+    """The sink's raw path (JSONEachRow, lz4 as the client compresses its inserts,
+    or none) through the HTTP interface, as a sink of its own process sends it (in
+    a database of its own: the module's stays empty for the journey query)."""
+    registry = CollectorRegistry()
+    writer = cc_client(endpoint, WRITER, compress=compress)
+    database = f"h_{uuid.uuid4().hex[:8]}"
+    migrate(writer, database)
+    sink = ClickHouseSink(
+        lambda: writer, database, default_routes(SINK_TOPICS), sink_metrics.create(registry)
+    )
+    try:
+        sink.setup()
+        records = forwarded_records()
+        for record in records:
+            sink.add(record)
+        assert sink.flush() == {("ev", 0): len(records)}
+        landed = writer.query(
+            "SELECT count(), countIf(identity != ''), sum(late) FROM {db:Identifier}.events",
+            parameters={"db": database},
+        ).result_rows
+        assert landed == [(len(records), len(records), 1)]
+        mapped = registry.get_sample_value(
+            "touchstream_sink_raw_batches_mapped_total", {"table": "events"}
+        )
+        assert mapped is None  # ClickHouse took the raw batch
+    finally:
+        writer.command("DROP DATABASE {db:Identifier}", parameters={"db": database})
+        sink.close()
 
 
 # --- SQLAlchemy through clickhouse-connect's dialect (Superset's path) -------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -8,31 +9,44 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.samples import wire
-from touchstream.schemas import parse_object
+from tests.samples import PROPERTIES, wire
+from touchstream.schemas import Invalid, parse_object
 from touchstream.sinks import metrics as sink_metrics
+from touchstream.sinks import rows
 from touchstream.sinks.base import BackpressureError, SinkWriteError, SourceRecord
 from touchstream.sinks.clickhouse import ClickHouseSink, default_routes
 from touchstream.sinks.migrate import migrate
+from touchstream.streams.ingest import forwarded
 
 TOPICS = {"events": "ev", "kpis": "kp", "dead_letters": "dl", "alerts": "al"}
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 
 
 class FlakyClient:
-    """The real client, with the next ``fail`` inserts refused (fault injection)."""
+    """The real client, with the next ``fail`` inserts refused (fault injection);
+    ``calls`` names each insert method called."""
 
     def __init__(self, real: Any, fail: int = 0) -> None:
         self.real = real
         self.fail = fail
-        self.attempts = 0
+        self.calls: list[str] = []
 
-    def insert(self, *args: Any, **kwargs: Any) -> Any:
-        self.attempts += 1
+    def _refuse(self, method: str) -> None:
+        self.calls.append(method)
         if self.fail:
             self.fail -= 1
             raise ConnectionError("ClickHouse went away")
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        self._refuse("insert")
         return self.real.insert(*args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        self._refuse("raw_insert")
+        return self.real.raw_insert(*args, **kwargs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.query(*args, **kwargs)
 
     def close(self) -> None:
         return None
@@ -88,7 +102,7 @@ def test_rows_land_with_typed_columns(ch: Any, database: str) -> None:
 
 def test_a_failed_flush_keeps_the_batch_and_commits_nothing(ch: Any, database: str) -> None:
     registry = CollectorRegistry()
-    client = FlakyClient(ch, fail=1)
+    client = FlakyClient(ch, fail=2)  # the raw insert, then the same rows mapped
     sink = make_sink(client, database, registry)
     for offset in range(3):
         sink.add(event_record(offset))
@@ -99,6 +113,107 @@ def test_a_failed_flush_keeps_the_batch_and_commits_nothing(ch: Any, database: s
     assert sink.flush() == {("ev", 0): 3}
     assert count(ch, f"SELECT count() FROM {database}.events") == 3
     assert registry.get_sample_value("touchstream_sink_insert_failures_total") == 1
+    assert client.calls == ["raw_insert", "insert", "insert"]
+
+
+def forwarded_records() -> list[SourceRecord]:
+    """The worker's forwarded events (streams/ingest.py), one per event type, with
+    either identity, extra properties, text outside ASCII and a late one."""
+    events = [parse_object(wire(t)) for t in PROPERTIES]
+    events += [
+        parse_object(wire("page_view", customer_id=None, session_id=None)),
+        parse_object(wire("product_view", anonymous_id=None, channel="mobile_app")),
+        parse_object(
+            wire("comment", properties={"text": "très lent, 配送", "colour": {"a": [1, 2.5]}})
+        ),
+    ]
+    out = []
+    for offset, event in enumerate(events):
+        assert not isinstance(event, Invalid)
+        value = forwarded(event, NOW + timedelta(microseconds=offset), late=offset == 3)
+        out.append(SourceRecord("ev", 0, offset, event.identity.encode(), value))
+    return out
+
+
+def test_forwarded_events_land_as_the_row_mapper_maps_them(ch: Any, database: str) -> None:
+    """The raw path (JSONEachRow, ClickHouse parses) and the mapper give the same
+    rows, identity and properties included."""
+    client = FlakyClient(ch)
+    raw = make_sink(client, database, CollectorRegistry())
+    mapped_db = f"s_{uuid.uuid4().hex[:8]}"
+    migrate(ch, mapped_db)
+    routes = {
+        topic: dataclasses.replace(route, raw=None)
+        for topic, route in default_routes(TOPICS).items()
+    }
+    mapped = ClickHouseSink(lambda: ch, mapped_db, routes, sink_metrics.create(CollectorRegistry()))
+    mapped.setup()
+    records = forwarded_records()
+    for record in records:
+        raw.add(record)
+        mapped.add(record)
+    assert raw.flush() == mapped.flush() == {("ev", 0): len(records)}
+    assert client.calls == ["raw_insert"]
+    query = "SELECT * EXCEPT inserted_at FROM {}.events ORDER BY event_id"
+    landed = ch.query(query.format(database)).result_rows
+    assert landed == ch.query(query.format(mapped_db)).result_rows
+    assert len(landed) == len(records)
+    by_type = {
+        row[1]: dict(zip(rows.EVENT_COLUMNS, row, strict=False))
+        for row in ch.query(
+            f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM {database}.events"
+        ).result_rows
+    }
+    assert by_type["page_view"]["identity"] == "c-1"
+    assert count(ch, f"SELECT count() FROM {database}.events WHERE identity = 'a-1'") == 1
+    assert count(ch, f"SELECT sum(late) FROM {database}.events") == 1
+    comment = ch.query(
+        f"SELECT properties FROM {database}.events WHERE properties LIKE '%colour%'"
+    ).result_rows[0][0]
+    assert json.loads(comment) == {"text": "très lent, 配送", "colour": {"a": [1, 2.5]}}
+    assert json.loads(by_type["order_placed"]["properties"])["items"][0]["price"] == "19.90"
+
+
+def test_a_raw_batch_clickhouse_refuses_is_mapped_row_by_row(ch: Any, database: str) -> None:
+    registry = CollectorRegistry()
+    client = FlakyClient(ch)
+    sink = make_sink(client, database, registry)
+    good = forwarded_records()[:2]
+    bad = SourceRecord("ev", 0, 2, None, b'{"event_id":"not-a-uuid","event_type":"page_view"}')
+    for record in [*good, bad]:
+        sink.add(record)
+    assert sink.flush() == {("ev", 0): 3}
+    assert client.calls == ["raw_insert", "insert", "insert"]  # events, then the dead letter
+    assert count(ch, f"SELECT count() FROM {database}.events") == 2
+    assert ch.query(f"SELECT reason, source_offset FROM {database}.dead_letters").result_rows == [
+        ("sink_rejected", 2)
+    ]
+    assert (
+        registry.get_sample_value("touchstream_sink_raw_batches_mapped_total", {"table": "events"})
+        == 1
+    )
+    assert registry.get_sample_value("touchstream_sink_rows_rejected_total", {"topic": "ev"}) == 1
+    assert sink.buffered == 0
+
+
+def test_before_the_migration_raw_rows_go_through_the_mapper(ch: Any, database: str) -> None:
+    """A sink rolled out before `touchstream migrate` added identity's default still
+    stores the identity: it maps the rows itself."""
+    ch.command(
+        "ALTER TABLE {db:Identifier}.events MODIFY COLUMN identity REMOVE DEFAULT",
+        parameters={"db": database},
+    )
+    ch.command(
+        "DELETE FROM {db:Identifier}.schema_migrations WHERE version = 4",
+        parameters={"db": database},
+    )
+    client = FlakyClient(ch)
+    sink = make_sink(client, database, CollectorRegistry())
+    for record in forwarded_records()[:3]:
+        sink.add(record)
+    sink.flush()
+    assert client.calls == ["insert"]
+    assert count(ch, f"SELECT countIf(identity = 'c-1') FROM {database}.events") == 3
 
 
 def test_a_batch_resent_after_an_unacknowledged_insert_does_not_duplicate(
