@@ -8,9 +8,27 @@ flush raises and keeps the buffer, so the retry writes the identical batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 TopicPartition = tuple[str, int]
+
+
+class Record(Protocol):
+    """What a sink reads of a Kafka record: aiokafka's ConsumerRecord as it is
+    polled (a copy per record cost the sink ~1 µs), or a :class:`SourceRecord`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +53,12 @@ class Sink(ABC):
     def setup(self) -> None: ...
 
     @abstractmethod
-    def add(self, record: SourceRecord) -> None: ...
+    def add(self, record: Record) -> None: ...
+
+    def add_many(self, records: Iterable[Record]) -> None:
+        """Records in order, as :meth:`add` each (a sink may do it in one go)."""
+        for record in records:
+            self.add(record)
 
     @abstractmethod
     def flush(self) -> dict[TopicPartition, int]:

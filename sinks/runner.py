@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from touchstream.settings import Settings
-from touchstream.sinks.base import Sink, SinkWriteError, SourceRecord
+from touchstream.sinks.base import Sink, SinkWriteError
 from touchstream.sinks.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ class SinkRunner:
 
     def _add(self, polled: dict[TopicPartition, list[Any]]) -> None:
         for records in polled.values():
-            for r in records:
-                self.sink.add(SourceRecord(r.topic, r.partition, r.offset, r.key, r.value))
+            self.sink.add_many(records)  # aiokafka's records as they are (sinks/base.py)
             self.records_in += len(records)
 
     async def flush_and_commit(self) -> None:

@@ -497,7 +497,7 @@ class Bench:
             while True:
                 stack.check()
                 watch.sample()
-                count, overall, per_group = await asyncio.to_thread(_landed, client, db)
+                count, overall, per_group = await asyncio.to_thread(_landed, client, db, n)
                 now = time.perf_counter()
                 if not lags or now - started - lags[-1]["t"] >= 5.0:
                     lag = await asyncio.to_thread(worker_lags, self.s)
@@ -917,10 +917,14 @@ def worker_lags(settings: Settings) -> dict[str, int] | None:
     return out
 
 
-def _landed(client: Any, db: str) -> tuple[int, dict[str, int], dict[str, int]]:
-    """Events in ClickHouse; per score KPI the responses counted by the daily windows,
-    overall and summed over (channel, touchpoint); and checkout abandonment decided."""
+def _landed(client: Any, db: str, n: int) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Events in ClickHouse; once all ``n`` are, per score KPI the responses counted
+    by the daily windows, overall and summed over (channel, touchpoint), and
+    checkout abandonment decided. (Not before: that query, with FINAL, ran every
+    0.25 s in the sink's process and took ~14 % of its samples in a drain.)"""
     count = client.query(f"SELECT count() FROM {db}.events").result_rows[0][0]  # noqa: S608 - our database name
+    if count < n:
+        return int(count), {}, {}
     rows = client.query(
         "SELECT kpi, channel = 'all', sum(denominator) FROM {db:Identifier}.kpi_touchpoint FINAL "
         "WHERE window_size = 86400 AND kpi IN ('nps', 'csat', 'ces', 'checkout_abandonment') "

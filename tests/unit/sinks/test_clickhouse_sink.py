@@ -284,11 +284,16 @@ def test_kpi_updates_keep_the_latest_version(ch: Any, database: str) -> None:
 
 
 def test_backpressure_is_a_typed_error(ch: Any, database: str) -> None:
-    sink = make_sink(ch, database, CollectorRegistry(), max_buffered=2)
+    registry = CollectorRegistry()
+    sink = make_sink(ch, database, registry, max_buffered=3)
     sink.add(event_record(0))
-    sink.add(event_record(1))
     with pytest.raises(BackpressureError):
-        sink.add(event_record(2))
+        sink.add_many(event_record(offset) for offset in (1, 2, 3))
+    # What came before the limit is buffered, its offsets committed by the next flush.
+    assert sink.buffered == 3
+    assert registry.get_sample_value("touchstream_sink_buffered_rows") == 3
+    assert sink.flush() == {("ev", 0): 3}
+    assert registry.get_sample_value("touchstream_sink_buffered_rows") == 0
 
 
 def test_alert_updates_keep_the_latest_status(ch: Any, database: str) -> None:
