@@ -18,8 +18,11 @@ class PrefixedStore(MutableMapping[str, Entity]):
     """One kind of state (checkouts, carts, customers, anonymous ids, progress
     marks) inside a partition's store, under keys prefixed by the kind.
 
-    Entities are copied in and out: a caller changes one only by writing it back,
-    which the store records (:class:`Changes`: what the next checkpoint writes).
+    Entities are values: a caller never changes one it read in place, it writes
+    a new one back (every caller copies what it changes: ``dict(found)``, new
+    lists), which the store records (:class:`Changes`: what the next checkpoint
+    writes). Not copied in and out here: those copies were ~12 % of the outcome
+    stage.
     Writes go straight to the store: nothing is checkpointed before the batch's
     outputs are flushed, so a crash in between restores the state from before the
     batch and the batch is handled again, decisions and all (the same numbering:
@@ -34,10 +37,14 @@ class PrefixedStore(MutableMapping[str, Entity]):
         value = self._store.get(self._prefix + key)
         if value is None:
             raise KeyError(key)
-        return dict(value)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._store.get(self._prefix + key)
+        return default if value is None else value
 
     def __setitem__(self, key: str, value: Entity) -> None:
-        self._store[self._prefix + key] = dict(value)
+        self._store[self._prefix + key] = value
 
     def __delitem__(self, key: str) -> None:
         if self._prefix + key not in self._store:

@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import orjson
 import pytest
 
 from tests.samples import wire
+from touchstream.producers.simulator import SimulationConfig, Simulator
 from touchstream.schemas import Invalid, parse_object
 from touchstream.schemas.events import AnyEvent
+from touchstream.streams.customers import anonymous_touch_of, link_of, touch_of
 from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
+    KINDS,
     Decision,
     OutcomeTracker,
+    apply,
     combined_watermark,
     decision_contributions,
     ops_of,
@@ -158,16 +166,54 @@ def test_prefixed_stores_share_a_store_without_seeing_each_other() -> None:
     assert set(table) == {"cart|x", "mark|3|clicks:0"} and table.taken() == sorted(table)
     assert set(PrefixedStore(table, "cart")) == {"x"} and len(marks) == 1
     assert PrefixedStore(table, "mark|3")["clicks:0"]["at"] == T
-    # Copied out and in: an entity changes only when written back (and is then
-    # in the next checkpoint's write set).
-    carts["x"]["touches"] = ["lost"]
-    assert carts["x"]["touches"] == [] and table.taken() == []
+    # An entity changes when written back (and is then in the next checkpoint's
+    # write set); callers never change one in place (next test).
     carts["x"] = {**carts["x"], "touches": ["kept"]}
     assert table["cart|x"]["touches"] == ["kept"] and table.taken() == ["cart|x"]
     del carts["x"]
     assert set(carts) == set() and table.taken() == ["cart|x"]
     with pytest.raises(KeyError):
         del carts["x"]
+
+
+def test_every_change_to_a_stored_entity_is_a_write_back() -> None:
+    """The stores hand out their entities as they are (no copy): a tracker or book
+    that changed one in place would change the state without the checkpoint
+    knowing. A day of simulated traffic through one partition, every step checked
+    against a deep copy of the state before it."""
+    config = SimulationConfig(customers=100, duration_s=86_400, seed=5)
+    events = [parse_object(w) for w in Simulator(config).events()]
+    part = OutcomePartition(0, abandonment_timeout_s=30 * MIN, churn_horizon_s=6 * 3600)
+    table = part.store
+    steps = 0
+
+    def step(action: Callable[..., object], *args: Any) -> None:
+        nonlocal steps
+        before = {key: orjson.dumps(value) for key, value in table.items()}
+        action(*args)
+        written = set(table.taken())
+        after = {key: orjson.dumps(value) for key, value in table.items()}
+        changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        assert changed <= written, f"changed in place: {sorted(changed - written)[:3]}"
+        steps += 1
+
+    for index, event in enumerate(events):
+        assert not isinstance(event, Invalid)
+        for op in ops_of(event):
+            step(apply, part.trackers[op.kind], op)
+        if (touched := touch_of(event)) is not None:
+            step(part.book.add, touched[0], [touched[1]])
+        if (linked := link_of(event)) is not None:
+            step(part.anonymous.link, *linked)
+        if (held := anonymous_touch_of(event)) is not None:
+            step(part.anonymous.add, held[0], [held[1]])
+        if index % 50 == 0:
+            settled = event.occurred_at.timestamp() - 600
+            for kind in KINDS:
+                step(part.trackers[kind].decide, settled)
+            step(part.book.decide, settled)
+            step(part.anonymous.expire, settled)
+    assert steps > 1000 and len(table) > 0
 
 
 def test_entities_checkpointed_with_their_partition_still_restore() -> None:
