@@ -250,6 +250,13 @@ class StreamsSettings(BaseModel):
     batch_interval_s: float = Field(
         default=0.2, gt=0, le=10, description="a batch closes after this even if not full"
     )
+    ingest_first_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="when ingest falls behind, the other stages wait for it, each at "
+        "most this long per batch (0: no order)",
+    )
     max_event_bytes: int = Field(
         default=64 * 1024, ge=512, description="larger messages are dead-lettered as too_large"
     )

@@ -58,7 +58,7 @@ from touchstream.streams.customers import (
 )
 from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import RawMessage, forwarded, ingest
-from touchstream.streams.intake import Batch, Intake, source_of
+from touchstream.streams.intake import Batch, Intake, Turns, source_of
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
@@ -436,6 +436,8 @@ def create_app(
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     lateness = streams.allowed_lateness_s
+    # Ingest first when it falls behind by a fifth of a batch (README "Decisions").
+    turns = Turns(streams.ingest_first_wait_s, behind_records=max(1, streams.batch_size // 5))
     intake: Intake[SourceState] = Intake(
         settings,
         "ingest",
@@ -444,6 +446,8 @@ def create_app(
         ingest_state_name,
         lambda tp, records: SourceState.restore(source_of(tp), lateness, records),
         event_time=lambda state: state.max_event_time,
+        turns=turns,
+        first=True,
     )
 
     def restore_kpis(tp: Any, records: dict[str, bytes | None]) -> KpiPartition:
@@ -507,6 +511,7 @@ def create_app(
         handle_contributions,
         kpi_state_name,
         restore_kpis,
+        turns=turns,
     )
 
     def run(name: str, stage: Intake[Any]) -> Callable[[], Awaitable[None]]:
@@ -623,6 +628,7 @@ def create_app(
         handle_outcomes,
         outcome_state_name,
         restore_outcomes,
+        turns=turns,
     )
     app.early_tasks = (*app.early_tasks, run("touchstream.outcomes", outcome_intake))
 
@@ -669,6 +675,7 @@ def create_app(
         handle_alerts,
         alert_state_name,
         lambda tp, records: AlertPartition(streams.alert_retention_s, raw_sources, records),
+        turns=turns,
     )
     app.early_tasks = (*app.early_tasks, run("touchstream.alerts", alert_intake))
     app.ticks = {}

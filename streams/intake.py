@@ -55,6 +55,43 @@ class Batch:
 Handler = Callable[[Batch], Awaitable[None]]
 
 
+class Turns:
+    """Ingest first. The worker's stages share one event loop, and a batch, once
+    begun, runs to its end. When ingest falls behind (more than ``behind_records``
+    raw records not handled after a batch), the stages after it (outcomes, KPIs,
+    alerts) wait for it to catch up before their next batch, each at most
+    ``max_wait_s``, so they never starve: under more load than the process
+    handles, events reach ClickHouse and alerts go out at ingest's pace, and the
+    KPIs and decisions catch up, with bigger batches, once the load eases.
+    ``max_wait_s`` 0: no order (each stage in turn, as the event loop runs them)."""
+
+    def __init__(self, max_wait_s: float, behind_records: int) -> None:
+        self.max_wait_s = max_wait_s
+        self.behind_records = behind_records
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+
+    def first_behind(self, records: int) -> None:
+        """The first stage's backlog after its latest batch (0: none fetched)."""
+        if records > self.behind_records:
+            self._caught_up.clear()
+        else:
+            self._caught_up.set()
+
+    @property
+    def first_caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    async def wait(self) -> None:
+        """A later stage's turn: the first one has caught up, or max_wait_s passed."""
+        if self.max_wait_s <= 0 or self._caught_up.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), self.max_wait_s)
+        except TimeoutError:
+            return
+
+
 def ahead(
     progress: dict[TopicPartition, tuple[float, bool]], max_skew_s: float
 ) -> set[TopicPartition]:
@@ -106,9 +143,15 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         state_topic: str,
         restore: Restore[State],
         event_time: Callable[[State], float] | None = None,
+        turns: Turns | None = None,
+        first: bool = False,
     ) -> None:
         """``event_time``: a partition's latest event time, to keep partitions
-        within ``streams.max_source_skew_s`` of each other (:func:`ahead`)."""
+        within ``streams.max_source_skew_s`` of each other (:func:`ahead`).
+        ``turns``: shared with the worker's other stages, this one ``first`` or
+        waiting for the first (:class:`Turns`)."""
+        self._turns = turns
+        self._first = first
         self._settings = settings
         self._event_time = event_time
         self._purpose = purpose
@@ -208,6 +251,19 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
             if source not in self.states:
                 self.states[source] = self._restore_state(tp, found.get(tp.partition, {}))
 
+    def _behind(self, consumer: AIOKafkaConsumer) -> int:
+        """Records of the owned partitions not handled yet (the consumer's latest
+        highwater marks, from its fetches), but for those paused for being ahead
+        in event time (:meth:`_align`: read once the others catch up)."""
+        behind = 0
+        paused = consumer.paused()
+        for tp in self.owned - paused:
+            state = self.states.get(source_of(tp))
+            highwater = consumer.highwater(tp)
+            if state is not None and highwater is not None:
+                behind += max(0, highwater - state.next_offset)
+        return behind
+
     def _align(self, consumer: AIOKafkaConsumer) -> None:
         """Pause the partitions too far ahead in event time; resume the others."""
         event_time = self._event_time
@@ -243,8 +299,13 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                 log.warning("%s intake: %r", self._purpose, exc)
                 await asyncio.sleep(0.5)
                 continue
+            turns = self._turns
             if not fetched:
+                if turns is not None and self._first:
+                    turns.first_behind(0)
                 continue
+            if turns is not None and not self._first:
+                await turns.wait()
             async with self.lock:
                 if self._stopping.is_set():
                     return
@@ -264,7 +325,11 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                     ],
                     [r.timestamp / 1000 for records in fetched.values() for r in records],
                 )
+                if turns is not None and self._first:  # this batch included
+                    turns.first_behind(self._behind(consumer))
                 await self._handler(batch)
+                if turns is not None and self._first:
+                    turns.first_behind(self._behind(consumer))
                 if self._event_time is not None:
                     self._align(consumer)
                 offsets = {

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
 from aiokafka import TopicPartition
 
-from touchstream.streams.intake import ahead
+from tests.conftest import SettingsFactory
+from touchstream.streams.intake import Batch, Intake, Turns, ahead, source_of
 
 CLICKS = [TopicPartition("clickstream", p) for p in range(3)]
 ORDERS = TopicPartition("orders", 0)
@@ -32,3 +38,161 @@ def test_a_fully_read_partition_holds_nobody_back_and_is_never_paused_for_nothin
 def test_a_partition_with_no_event_yet_is_read_first() -> None:
     progress = {CLICKS[0]: (float("-inf"), False), ORDERS: (1_000.0, False)}
     assert ahead(progress, 300) == {ORDERS}
+
+
+# --- Turns: ingest first when it falls behind ---------------------------------------
+
+
+@dataclass
+class Offset:
+    next_offset: int = 0
+
+
+@dataclass
+class Fetched:
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = b"{}"
+    timestamp: int = 0
+
+
+class FakeConsumer:
+    """The few consumer calls an intake's loop makes (a unit test's stand-in: the
+    loop against a real broker is in the integration tests). ``batches``: what each
+    getmany returns, then nothing; ``highwater``: the partition's end, or a
+    function of the batches fetched so far."""
+
+    def __init__(self, tp: TopicPartition, batches: list[int], highwater: Any) -> None:
+        self.tp = tp
+        self.batches = list(batches)
+        self.next = 0
+        self.fetches = 0
+        self._highwater = highwater
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Fetched]]:
+        await asyncio.sleep(0)
+        if not self.batches:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        count = self.batches.pop(0)
+        records = [Fetched(self.next + i) for i in range(count)]
+        self.next += count
+        self.fetches += 1
+        return {self.tp: records}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def highwater(self, tp: TopicPartition) -> int:
+        end = self._highwater
+        return int(end(self.fetches) if callable(end) else end)
+
+    async def commit(self, offsets: Any) -> None:
+        return None
+
+
+def stage(
+    name: str,
+    consumer: FakeConsumer,
+    turns: Turns,
+    first: bool,
+    log: list[tuple[str, int, float]],
+    settings: Any,
+) -> Intake[Offset]:
+    async def handle(batch: Batch) -> None:
+        log.append((name, len(batch.messages), time.monotonic()))
+        intake.states[source_of(consumer.tp)].next_offset = batch.messages[-1].offset + 1
+        await asyncio.sleep(0.01)  # a flush: the event loop runs the other stages
+
+    intake: Intake[Offset] = Intake(
+        settings,
+        name,
+        [consumer.tp.topic],
+        handle,
+        "state",
+        lambda tp, r: Offset(),
+        turns=turns,
+        first=first,
+    )
+    intake._consumer = consumer
+    intake.owned = {consumer.tp}
+    intake.states[source_of(consumer.tp)] = Offset()
+    return intake
+
+
+async def run_stages(stages: list[Intake[Offset]], seconds: float) -> None:
+    tasks = [asyncio.create_task(s.run()) for s in stages]
+    await asyncio.sleep(seconds)
+    for s in stages:
+        s._stopping.set()
+    await asyncio.gather(*tasks)
+
+
+def test_the_other_stages_wait_for_ingest_to_catch_up(make_settings: SettingsFactory) -> None:
+    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 5})
+    log: list[tuple[str, int, float]] = []
+    turns = Turns(5.0, behind_records=2)
+    raw = FakeConsumer(TopicPartition("raw", 0), [10, 10, 10], highwater=30)
+    kpis = FakeConsumer(TopicPartition("kpis", 0), [4], highwater=4)
+
+    async def scenario() -> None:
+        stages = [stage("ingest", raw, turns, True, log, settings)]
+        stages.append(stage("kpis", kpis, turns, False, log, settings))
+        await run_stages(stages, 0.5)
+
+    asyncio.run(scenario())
+    # Behind by 20, then 10 records: the KPI stage's batch (fetched at once) waits
+    # until ingest has read all 30.
+    assert [(name, n) for name, n, _ in log] == [
+        ("ingest", 10),
+        ("ingest", 10),
+        ("ingest", 10),
+        ("kpis", 4),
+    ]
+    assert turns.first_caught_up
+
+
+def test_without_a_wait_each_stage_goes_in_turn(make_settings: SettingsFactory) -> None:
+    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 0})
+    log: list[tuple[str, int, float]] = []
+    turns = Turns(0.0, behind_records=2)
+    raw = FakeConsumer(TopicPartition("raw", 0), [10, 10, 10], highwater=30)
+    kpis = FakeConsumer(TopicPartition("kpis", 0), [4], highwater=4)
+
+    async def scenario() -> None:
+        stages = [stage("ingest", raw, turns, True, log, settings)]
+        stages.append(stage("kpis", kpis, turns, False, log, settings))
+        await run_stages(stages, 0.5)
+
+    asyncio.run(scenario())
+    names = [name for name, _, _ in log]
+    assert names.index("kpis") < 3  # not after every ingest batch
+    assert names.count("ingest") == 3
+
+
+def test_a_stage_waits_at_most_its_bound_behind_an_ingest_that_never_catches_up(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 0.2})
+    log: list[tuple[str, int, float]] = []
+    turns = Turns(0.2, behind_records=2)
+    # Always 100 records more than fetched: ingest stays behind for the whole run.
+    raw = FakeConsumer(TopicPartition("raw", 0), [10] * 1000, highwater=lambda n: 10 * n + 100)
+    kpis = FakeConsumer(TopicPartition("kpis", 0), [4, 4, 4], highwater=12)
+
+    async def scenario() -> None:
+        stages = [stage("ingest", raw, turns, True, log, settings)]
+        stages.append(stage("kpis", kpis, turns, False, log, settings))
+        await run_stages(stages, 1.0)
+
+    asyncio.run(scenario())
+    started = log[0][2]
+    kpi_times = [at - started for name, _, at in log if name == "kpis"]
+    assert len(kpi_times) == 3  # none starved
+    assert 0.15 <= kpi_times[0] <= 0.8  # about the bound after the first ingest batch
+    assert not turns.first_caught_up
+    ingest_batches = sum(1 for name, _, _ in log if name == "ingest")
+    assert ingest_batches > 3 * len(kpi_times)  # ingest ran far more often
