@@ -251,7 +251,7 @@ class StreamsSettings(BaseModel):
         default=0.2, gt=0, le=10, description="a batch closes after this even if not full"
     )
     ingest_first_wait_s: float = Field(
-        default=1.0,
+        default=10.0,
         ge=0,
         le=60,
         description="when ingest falls behind, the other stages wait for it, each at "

@@ -670,6 +670,8 @@ class Bench:
         seen: dict[str, float] = {}
         stop = asyncio.Event()
         poll_task = asyncio.create_task(self._poll_probes(client, db, prefix, seen, stop))
+        lags: list[dict[str, Any]] = []  # which stage the backlog is in, every 2 s
+        lag_task = asyncio.create_task(self._sample_lags(lags, stop))
         total = self.o.rate * self.o.fresh_seconds
         stages = {
             "generate": f"freshness: simulate {total:,} events",
@@ -700,7 +702,8 @@ class Bench:
         finally:
             stop.set()
             alerts_task.cancel()
-            await asyncio.gather(poll_task, alerts_task, return_exceptions=True)
+            await asyncio.gather(poll_task, alerts_task, lag_task, return_exceptions=True)
+        self.figures["freshness_lag_timeline"] = lags
         fresh, fresh_censored = censored(probes, seen, waited_until)
         alert, alert_censored = censored(alerts, arrived, waited_until)
         written = await asyncio.to_thread(_written_latency, client, db, prefix)
@@ -735,6 +738,19 @@ class Bench:
             "alerts_expected",
             "alerts_censored",
         )
+
+    async def _sample_lags(self, out: list[dict[str, Any]], stop: asyncio.Event) -> None:
+        """Every 2 s: the worker's consumer lag per topic (raw topics: ingest behind;
+        internal ones: the stage after it), logged as the drain's is."""
+        started = time.perf_counter()
+        while not stop.is_set():
+            lag = await asyncio.to_thread(worker_lags, self.s)
+            if lag is not None:
+                out.append({"t": round(time.perf_counter() - started, 1), **lag})
+                shown = ", ".join(f"{k} {v:,}" for k, v in lag.items())
+                self.console.log(f"freshness {out[-1]['t']:>5.1f} s; lag: {shown}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
 
     async def _poll_probes(
         self,
