@@ -392,6 +392,15 @@ EVENT_TYPES: dict[str, type[_Envelope]] = {
     for model in EVENT_MODELS
 }
 
+
+def event_types(*models: type[_Envelope]) -> frozenset[str]:
+    """The ``event_type`` names of these models. The hot path checks an event's
+    name against such a set before narrowing with ``isinstance``: pydantic's
+    metaclass runs its ``__instancecheck__`` in Python, ~0.25 µs a miss, and the
+    stages made ~22 of them per event."""
+    return frozenset(name for name, model in EVENT_TYPES.items() if model in models)
+
+
 # Which raw topic (a field of Settings.topics) carries which event type.
 ORDER_TYPES = frozenset(
     {

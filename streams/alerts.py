@@ -21,13 +21,18 @@ from touchstream.schemas.events import (
     Comment,
     CsatResponse,
     NpsResponse,
+    event_types,
 )
 from touchstream.schemas.records import Alert, AlertKind, alert_id_for
 from touchstream.streams.outcomes import MARKS_KEY, clock_of, note_marks
 from touchstream.streams.state import BatchState, Schedule
 
+FEEDBACK = event_types(NpsResponse, CsatResponse, CesResponse, Comment)
+
 
 def _trigger(event: AnyEvent) -> tuple[AlertKind, int | None, str | None, str | None] | None:
+    if event.event_type not in FEEDBACK:  # by name first (schemas.events.event_types)
+        return None
     if isinstance(event, NpsResponse) and event.properties.score <= 6:
         nps = event.properties
         return "nps_detractor", nps.score, nps.comment, nps.order_id

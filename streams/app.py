@@ -379,7 +379,7 @@ def create_app(
                 await outputs.send(
                     alert_events_name, json.dumps(raised).encode(), key=alert.alert_id.encode()
                 )
-            elif isinstance(event, CaseClosed):
+            elif event.event_type == "case_closed" and isinstance(event, CaseClosed):
                 await outputs.send(
                     alert_events_name,
                     json.dumps({"closed": slot_to_json(Closing.of(event))}).encode(),

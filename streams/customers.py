@@ -61,6 +61,7 @@ from touchstream.schemas.events import (
     PlanUpgraded,
     SubscriptionCancelled,
     SubscriptionStarted,
+    event_types,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
 from touchstream.streams.state import Schedule
@@ -79,7 +80,14 @@ STOCK_KEY = {kpi: f"stock|{stock}" for kpi, (_, stock) in STOCK_KPIS.items()}
 Touch = list[Any]  # [at, kind, channel, touchpoint, detractor, subscription_id]
 
 
+# Checked by name before isinstance (schemas.events.event_types).
+FEEDBACK = event_types(NpsResponse, CsatResponse, CesResponse, Comment)
+SUBSCRIPTIONS = event_types(SubscriptionStarted, SubscriptionCancelled, PlanUpgraded)
+
+
 def is_detractor(event: AnyEvent) -> bool:
+    if event.event_type not in FEEDBACK:
+        return False
     if isinstance(event, NpsResponse):
         return event.properties.score <= 6
     if isinstance(event, CsatResponse | CesResponse):
@@ -113,9 +121,11 @@ def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
         return None
     kind = "touch"
     subscription = ""
-    if isinstance(event, OrderPlaced):
+    if event.event_type == "order_placed" and isinstance(event, OrderPlaced):
         kind = "order"
-    elif isinstance(event, SubscriptionStarted | SubscriptionCancelled | PlanUpgraded):
+    elif event.event_type in SUBSCRIPTIONS and isinstance(
+        event, SubscriptionStarted | SubscriptionCancelled | PlanUpgraded
+    ):
         kind = event.event_type
         subscription = event.properties.subscription_id
     return event.customer_id, _touch(event, kind, subscription)

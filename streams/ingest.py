@@ -123,7 +123,9 @@ def _may_hold_pii(event: AnyEvent) -> bool:
     """PII can only hide in unknown extra properties (no typed property is PII)."""
     if event.properties.model_extra:
         return True
-    return isinstance(event, OrderPlaced) and any(i.model_extra for i in event.properties.items)
+    if event.event_type != "order_placed" or not isinstance(event, OrderPlaced):
+        return False  # by name first (schemas.events.event_types)
+    return any(i.model_extra for i in event.properties.items)
 
 
 def _pseudonymised(event: AnyEvent, pii: Pseudonymiser) -> AnyEvent | Invalid:

@@ -37,6 +37,7 @@ from touchstream.schemas.events import (
     NpsResponse,
     OrderPlaced,
     SubscriptionCancelled,
+    event_types,
 )
 
 OVERALL = "all"
@@ -94,8 +95,23 @@ def comment_is_positive(comment: Comment) -> bool:
     return props.score is not None and props.score >= 4
 
 
+# The event types event_counts reads (checked by name first: see event_types).
+COUNTED = event_types(
+    NpsResponse,
+    CsatResponse,
+    CesResponse,
+    IsnResponse,
+    Comment,
+    CancellationRetained,
+    SubscriptionCancelled,
+    OrderPlaced,
+)
+
+
 def event_counts(event: AnyEvent) -> dict[str, dict[str, float]]:
     """Counts per KPI that one event adds (empty for events no per-event KPI reads)."""
+    if event.event_type not in COUNTED:
+        return {}
     if isinstance(event, NpsResponse | CsatResponse | CesResponse):
         return score_counts(event.event_type, event.properties.score)
     if isinstance(event, IsnResponse):

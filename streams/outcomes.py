@@ -36,6 +36,7 @@ from touchstream.schemas.events import (
     CheckoutStep,
     OrderPlaced,
     RemoveFromCart,
+    event_types,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
 from touchstream.streams.state import Schedule
@@ -69,8 +70,14 @@ class Op:
         }
 
 
+# The event types ops_of reads (checked by name first: schemas.events.event_types).
+STEPS = event_types(CheckoutStarted, CheckoutStep, OrderPlaced, AddToCart, RemoveFromCart)
+
+
 def ops_of(event: AnyEvent) -> list[Op]:
     """What an event does to the checkouts and carts it names."""
+    if event.event_type not in STEPS:
+        return []
     at = event.occurred_at.timestamp()
     ch, tp = event.channel, event.touchpoint
     if isinstance(event, CheckoutStarted):
