@@ -72,6 +72,10 @@ from touchstream.streams.outcomes import (
 )
 from touchstream.streams.outputs import Outputs, Record, partition_of
 
+# Messages of an internal stage handled between two checkpoints: bundles from a few
+# ingest batches (what one batch held before ingest went first under overload).
+STAGE_CHUNK = 32
+
 log = logging.getLogger(__name__)
 
 
@@ -474,21 +478,26 @@ def create_app(
     ) -> None:
         """A batch of an internal stage: each message from its partition's next
         offset on handled in order (one read again after a restore is skipped),
-        everything sent flushed, then each partition's checkpoint, flushed."""
+        everything sent flushed, then each partition's checkpoint, flushed; in
+        parts of STAGE_CHUNK messages (a stage that waited for ingest takes a long
+        backlog at once, and one checkpoint of everything it touched held it all
+        in memory at once)."""
         parts = stage.states
-        handled: set[str] = set()
-        for message in batch.messages:
-            source = f"{message.topic}:{message.partition}"
-            part = parts[source]
-            if message.offset < part.next_offset:
-                if replayed is not None:
-                    replayed()
-                continue
-            await handle(part, message)
-            part.next_offset = message.offset + 1
-            handled.add(source)
-        await outputs.flush()  # everything out before the state says done
-        await send_checkpoints(parts, handled, state_topic)
+        messages = batch.messages
+        for start in range(0, len(messages), STAGE_CHUNK):
+            handled: set[str] = set()
+            for message in messages[start : start + STAGE_CHUNK]:
+                source = f"{message.topic}:{message.partition}"
+                part = parts[source]
+                if message.offset < part.next_offset:
+                    if replayed is not None:
+                        replayed()
+                    continue
+                await handle(part, message)
+                part.next_offset = message.offset + 1
+                handled.add(source)
+            await outputs.flush()  # everything out before the state says done
+            await send_checkpoints(parts, handled, state_topic)
 
     async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
         """A bundle of contributions folded into its partition's buckets (or the
