@@ -123,27 +123,36 @@ def stage(
     return intake
 
 
-async def run_stages(stages: list[Intake[Offset]], seconds: float) -> None:
-    tasks = [asyncio.create_task(s.run()) for s in stages]
-    await asyncio.sleep(seconds)
-    for s in stages:
-        s._stopping.set()
-    await asyncio.gather(*tasks)
-
-
-def test_the_other_stages_wait_for_ingest_to_catch_up(make_settings: SettingsFactory) -> None:
-    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 5})
+def run_stages(
+    make_settings: SettingsFactory,
+    wait_s: float,
+    raw: FakeConsumer,
+    kpis: FakeConsumer,
+    seconds: float,
+) -> tuple[list[tuple[str, int, float]], Turns]:
+    """Ingest (first) and a KPI stage on one event loop for ``seconds``, sharing
+    turns that wait at most ``wait_s``: (stage, batch size, when) per batch."""
+    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": wait_s})
     log: list[tuple[str, int, float]] = []
-    turns = Turns(5.0, behind_records=2)
-    raw = FakeConsumer(TopicPartition("raw", 0), [10, 10, 10], highwater=30)
-    kpis = FakeConsumer(TopicPartition("kpis", 0), [4], highwater=4)
+    turns = Turns(wait_s, behind_records=2)
 
     async def scenario() -> None:
         stages = [stage("ingest", raw, turns, True, log, settings)]
         stages.append(stage("kpis", kpis, turns, False, log, settings))
-        await run_stages(stages, 0.5)
+        tasks = [asyncio.create_task(s.run()) for s in stages]
+        await asyncio.sleep(seconds)
+        for s in stages:
+            s._stopping.set()
+        await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
+    return log, turns
+
+
+def test_the_other_stages_wait_for_ingest_to_catch_up(make_settings: SettingsFactory) -> None:
+    raw = FakeConsumer(TopicPartition("raw", 0), [10, 10, 10], highwater=30)
+    kpis = FakeConsumer(TopicPartition("kpis", 0), [4], highwater=4)
+    log, turns = run_stages(make_settings, 5.0, raw, kpis, 0.5)
     # Behind by 20, then 10 records: the KPI stage's batch (fetched at once) waits
     # until ingest has read all 30.
     assert [(name, n) for name, n, _ in log] == [
@@ -156,18 +165,9 @@ def test_the_other_stages_wait_for_ingest_to_catch_up(make_settings: SettingsFac
 
 
 def test_without_a_wait_each_stage_goes_in_turn(make_settings: SettingsFactory) -> None:
-    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 0})
-    log: list[tuple[str, int, float]] = []
-    turns = Turns(0.0, behind_records=2)
     raw = FakeConsumer(TopicPartition("raw", 0), [10, 10, 10], highwater=30)
     kpis = FakeConsumer(TopicPartition("kpis", 0), [4], highwater=4)
-
-    async def scenario() -> None:
-        stages = [stage("ingest", raw, turns, True, log, settings)]
-        stages.append(stage("kpis", kpis, turns, False, log, settings))
-        await run_stages(stages, 0.5)
-
-    asyncio.run(scenario())
+    log, _ = run_stages(make_settings, 0.0, raw, kpis, 0.5)
     names = [name for name, _, _ in log]
     assert names.index("kpis") < 3  # not after every ingest batch
     assert names.count("ingest") == 3
@@ -176,19 +176,10 @@ def test_without_a_wait_each_stage_goes_in_turn(make_settings: SettingsFactory) 
 def test_a_stage_waits_at_most_its_bound_behind_an_ingest_that_never_catches_up(
     make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings(streams={"batch_size": 10, "ingest_first_wait_s": 0.2})
-    log: list[tuple[str, int, float]] = []
-    turns = Turns(0.2, behind_records=2)
     # Always 100 records more than fetched: ingest stays behind for the whole run.
     raw = FakeConsumer(TopicPartition("raw", 0), [10] * 1000, highwater=lambda n: 10 * n + 100)
     kpis = FakeConsumer(TopicPartition("kpis", 0), [4, 4, 4], highwater=12)
-
-    async def scenario() -> None:
-        stages = [stage("ingest", raw, turns, True, log, settings)]
-        stages.append(stage("kpis", kpis, turns, False, log, settings))
-        await run_stages(stages, 1.0)
-
-    asyncio.run(scenario())
+    log, turns = run_stages(make_settings, 0.2, raw, kpis, 1.0)
     started = log[0][2]
     kpi_times = [at - started for name, _, at in log if name == "kpis"]
     assert len(kpi_times) == 3  # none starved
