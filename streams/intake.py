@@ -82,14 +82,20 @@ class Turns:
     def first_caught_up(self) -> bool:
         return self._caught_up.is_set()
 
-    async def wait(self) -> None:
-        """A later stage's turn: the first one has caught up, or max_wait_s passed."""
-        if self.max_wait_s <= 0 or self._caught_up.is_set():
+    async def wait(self, stopping: asyncio.Event) -> None:
+        """A later stage's turn: the first one has caught up, max_wait_s passed, or
+        the stage is ``stopping`` (a shutdown does not wait for turns)."""
+        if self.max_wait_s <= 0 or self._caught_up.is_set() or stopping.is_set():
             return
+        waits = {
+            asyncio.ensure_future(self._caught_up.wait()),
+            asyncio.ensure_future(stopping.wait()),
+        }
         try:
-            await asyncio.wait_for(self._caught_up.wait(), self.max_wait_s)
-        except TimeoutError:
-            return
+            await asyncio.wait(waits, timeout=self.max_wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
 
 def ahead(
@@ -305,7 +311,7 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                     turns.first_behind(0)
                 continue
             if turns is not None and not self._first:
-                await turns.wait()
+                await turns.wait(self._stopping)
             async with self.lock:
                 if self._stopping.is_set():
                     return

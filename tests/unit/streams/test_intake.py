@@ -187,3 +187,18 @@ def test_a_stage_waits_at_most_its_bound_behind_an_ingest_that_never_catches_up(
     assert not turns.first_caught_up
     ingest_batches = sum(1 for name, _, _ in log if name == "ingest")
     assert ingest_batches > 3 * len(kpi_times)  # ingest ran far more often
+
+
+def test_a_stopping_stage_does_not_wait_for_its_turn() -> None:
+    async def scenario() -> float:
+        turns = Turns(30.0, behind_records=2)
+        turns.first_behind(100)  # ingest far behind: a turn would take 30 s
+        stopping = asyncio.Event()
+        started = time.monotonic()
+        waiting = asyncio.create_task(turns.wait(stopping))
+        await asyncio.sleep(0.05)
+        stopping.set()
+        await waiting
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0
