@@ -185,9 +185,7 @@ def sink() -> None:
             settings.clickhouse.database,
             default_routes(topics),
             metrics,
-            # Room for what a poll adds on top of a full batch (as `up` sizes it):
-            # SINK__BATCH_ROWS above the default bound would stop the sink.
-            max_buffered=settings.sink.batch_rows * 2 + 20_000,
+            max_buffered=settings.sink.max_buffered,
         ),
         list(topics.values()),
         metrics,

@@ -349,6 +349,12 @@ class SinkSettings(BaseModel):
     retry_initial_s: float = Field(default=0.5, gt=0, description="first retry delay")
     retry_max_s: float = Field(default=10.0, gt=0, description="longest retry delay")
 
+    @property
+    def max_buffered(self) -> int:
+        """The sink's buffer bound: a full batch plus what a poll adds on top of it
+        (a bound below SINK__BATCH_ROWS would stop the sink with BackpressureError)."""
+        return self.batch_rows * 2 + 20_000
+
 
 class MetricsSettings(BaseModel):
     """Prometheus /metrics endpoints of each process."""

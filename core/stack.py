@@ -200,7 +200,7 @@ class Stack:
             self.settings.clickhouse.database,
             default_routes(topics),
             metrics,
-            max_buffered=self.settings.sink.batch_rows * 2 + 20_000,
+            max_buffered=self.settings.sink.max_buffered,
         )
         self.sink_runner = SinkRunner(self.settings, sink, list(topics.values()), metrics)
         self.sink_task = asyncio.create_task(self.sink_runner.run(), name="touchstream-sink")

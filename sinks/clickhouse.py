@@ -149,8 +149,7 @@ class ClickHouseSink(Sink):
 
     def setup(self) -> None:
         self._client = self._client_factory()
-        needed = {r.raw.migration for r in self.routes.values() if r.raw and r.raw.migration}
-        if needed:
+        if any(r.raw is not None and r.raw.migration for r in self.routes.values()):
             try:
                 done = applied(self._client, self.database)
             except Exception:  # noqa: BLE001 - no schema_migrations yet: nothing applied
@@ -301,8 +300,9 @@ class ClickHouseSink(Sink):
             str(exc)[:300],
         )
         mapped: dict[str, _Buffer] = {}
+        token = buffer.token()
         for record in buffer.records:
-            self._add_row(self.routes[record.topic], record, mapped, token=buffer.token())
+            self._add_row(self.routes[record.topic], record, mapped, token=token)
         del self._buffers[name]
         names = []
         for table, rows_buffer in mapped.items():

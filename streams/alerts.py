@@ -21,17 +21,15 @@ from touchstream.schemas.events import (
     Comment,
     CsatResponse,
     NpsResponse,
-    event_types,
 )
 from touchstream.schemas.records import Alert, AlertKind, alert_id_for
+from touchstream.streams.customers import FEEDBACK
 from touchstream.streams.outcomes import MARKS_KEY, clock_of, note_marks
 from touchstream.streams.state import BatchState, Schedule
 
-FEEDBACK = event_types(NpsResponse, CsatResponse, CesResponse, Comment)
-
 
 def _trigger(event: AnyEvent) -> tuple[AlertKind, int | None, str | None, str | None] | None:
-    if event.event_type not in FEEDBACK:  # by name first (schemas.events.event_types)
+    if event.event_type not in FEEDBACK:  # by name first: the types a detractor is of
         return None
     if isinstance(event, NpsResponse) and event.properties.score <= 6:
         nps = event.properties

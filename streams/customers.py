@@ -80,7 +80,8 @@ STOCK_KEY = {kpi: f"stock|{stock}" for kpi, (_, stock) in STOCK_KPIS.items()}
 Touch = list[Any]  # [at, kind, channel, touchpoint, detractor, subscription_id]
 
 
-# Checked by name before isinstance (schemas.events.event_types).
+# Checked by name before isinstance (schemas.events.event_types). FEEDBACK: the
+# responses that can be a detractor's, which are also what raises an alert.
 FEEDBACK = event_types(NpsResponse, CsatResponse, CesResponse, Comment)
 SUBSCRIPTIONS = event_types(SubscriptionStarted, SubscriptionCancelled, PlanUpgraded)
 

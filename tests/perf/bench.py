@@ -285,9 +285,10 @@ class Bench:
 
     # -- helpers
 
-    def note_lag(self, sample: dict[str, Any]) -> None:
+    def note_lag(self, phase: str, sample: dict[str, Any]) -> None:
         shown = ", ".join(f"{k} {v:,}" for k, v in sample.items() if k not in ("t", "landed"))
-        self.console.log(f"drain {sample['t']:>6.1f} s, {sample['landed']:,} landed; lag: {shown}")
+        landed = f", {sample['landed']:,} landed" if "landed" in sample else ""
+        self.console.log(f"{phase} {sample['t']:>6.1f} s{landed}; lag: {shown}")
 
     def note(self, phase: str, *keys: str) -> None:
         """One line per finished phase (also when the output is not a terminal)."""
@@ -503,7 +504,7 @@ class Bench:
                     lag = await asyncio.to_thread(worker_lags, self.s)
                     if lag is not None:
                         lags.append({"t": round(now - started, 1), "landed": count, **lag})
-                        self.note_lag(lags[-1])
+                        self.note_lag("drain", lags[-1])
                 self.progress.update(task, completed=count)
                 if count and first_at is None:
                     first_at = now
@@ -747,8 +748,7 @@ class Bench:
             lag = await asyncio.to_thread(worker_lags, self.s)
             if lag is not None:
                 out.append({"t": round(time.perf_counter() - started, 1), **lag})
-                shown = ", ".join(f"{k} {v:,}" for k, v in lag.items())
-                self.console.log(f"freshness {out[-1]['t']:>5.1f} s; lag: {shown}")
+                self.note_lag("freshness", out[-1])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
 
