@@ -85,6 +85,7 @@ STACK_SECTIONS = ("kafka", "topics", "clickhouse", "streams", "sink", "metrics")
 def up() -> None:
     """Run the stack in the foreground: broker (unless configured), stream worker,
     ClickHouse sink, /metrics. Ctrl-C stops everything; the data dir is kept."""
+    from touchstream.runtime import tune_gc
     from touchstream.stack import Stack, StackError
 
     settings = _settings()
@@ -94,6 +95,7 @@ def up() -> None:
         stack = Stack(settings)
         try:
             await stack.start()
+            tune_gc()  # the sink runs in this process
             http = f"http://{settings.clickhouse.serve_host}:{stack.http_port}"
             served = f" (HTTP {http}, CX page {http}/ui/)" if stack.http_port else ""
             console.print(
@@ -161,6 +163,7 @@ def sink() -> None:
     """Run the ClickHouse sink alone against the configured broker, until SIGTERM."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from touchstream.runtime import tune_gc
     from touchstream.sinks import metrics as sink_metrics
     from touchstream.sinks.clickhouse import ROLES, ClickHouseSink, default_routes
     from touchstream.sinks.client import connect
@@ -190,6 +193,7 @@ def sink() -> None:
         list(topics.values()),
         metrics,
     )
+    tune_gc()
     _run(runner.run())
 
 

@@ -3,13 +3,13 @@ processes of one consumer group under a supervisor (streams.processes)."""
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
 from touchstream.localbroker import free_port
+from touchstream.runtime import tune_gc
 from touchstream.settings import Settings
 from touchstream.streams.app import create_app
 from touchstream.streams.processes import (
@@ -19,16 +19,6 @@ from touchstream.streams.processes import (
     supervise,
     worker_processes,
 )
-
-GC_GEN0_THRESHOLD = 100_000  # allocations between young collections (default 700)
-
-
-def tune_gc() -> None:
-    """The cyclic GC costs more than validation itself when a batch holds thousands
-    of live models (docs/design/streams.md): move what start-up built out of its
-    reach and collect the young generation far less often."""
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
 def run(settings: Settings, processes: int | None = None) -> int:

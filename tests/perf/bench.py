@@ -67,6 +67,7 @@ from rich.table import Table
 
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, free_port
+from touchstream.runtime import tune_gc
 from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
 from touchstream.stack import Stack
@@ -375,6 +376,7 @@ class Bench:
         try:
             if start:
                 await stack.start()
+                tune_gc()  # as `touchstream up` does: the sink runs in this process
             client = await asyncio.to_thread(connect, self.settings)
             yield stack, client
             if stack.worker is not None:
@@ -482,6 +484,7 @@ class Bench:
         task = self.task(f"drain: {n:,} events into ClickHouse, KPIs final", n)
         started = time.perf_counter()
         await stack.start()
+        tune_gc()  # as `touchstream up` does: the sink runs in this process
         assert stack.worker is not None
         watch = Watch(
             {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}

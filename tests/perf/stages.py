@@ -37,13 +37,13 @@ from rich.table import Table
 import touchstream.streams.app as worker_app
 from tests.perf.loadgen import simulated
 from touchstream.producers.simulator import encode, key_of
+from touchstream.runtime import tune_gc
 from touchstream.schemas.events import family
 from touchstream.settings import Settings, load_settings
 from touchstream.streams.alerts import finished_at
 from touchstream.streams.ingest import RawMessage
 from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.outputs import Record, partition_of
-from touchstream.streams.worker import tune_gc
 
 
 class Captured:
