@@ -66,14 +66,20 @@ def ingest(
     pii = pii or Pseudonymiser(None)
     states = states or {}
     result = IngestResult()
+    todo: list[tuple[RawMessage, str, SourceState | None]] = []
     for message in batch:
         source = f"{message.topic}:{message.partition}"
         state = states.get(source)
         if state is not None and state.applied(message.offset):
             result.replayed += 1
             continue
+        todo.append((message, source, state))
+    # Every message parsed first, then the rest: validation in one run keeps
+    # pydantic's code in the CPU's caches (validate_json ~28 -> ~20 µs per event in
+    # situ with the GC tuning of touchstream.runtime, 11-14 µs alone; 2026-11-26).
+    parsed_all = [parse_event(m.value or b"", max_bytes) for m, _, _ in todo]
+    for (message, source, state), parsed in zip(todo, parsed_all, strict=True):
         raw = message.value or b""
-        parsed = parse_event(raw, max_bytes)
         if not isinstance(parsed, Invalid):  # future or ancient: timestamp_out_of_range
             parsed = check_event_time(parsed, received_at)
         if not isinstance(parsed, Invalid) and _may_hold_pii(parsed):
