@@ -88,14 +88,17 @@ class Pseudonymiser:
         message = f"{kind}:{normalise(kind, value)}".encode()
         return PREFIX + hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
-    def properties(self, properties: Any, redact: bool = False) -> tuple[Any, list[str]]:
+    def properties(
+        self, properties: Any, redact: bool = False, path: str = ""
+    ) -> tuple[Any, list[str]]:
         """(properties with PII replaced, dotted paths replaced). Never mutates the input.
 
         Without a key, ``redact=False`` raises :class:`PiiKeyMissing` when PII is
         present, and ``redact=True`` replaces it with ``[redacted]`` (dead letters).
+        ``path`` is where ``properties`` sits, for the paths reported.
         """
         found: list[str] = []
-        out = self._walk(properties, "", found, redact)
+        out = self._walk(properties, path, found, redact)
         return (out if found else properties), found
 
     def _walk(self, node: Any, path: str, found: list[str], redact: bool) -> Any:

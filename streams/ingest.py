@@ -8,13 +8,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
 
 from touchstream.schemas import (
     DeadLetter,
     Invalid,
     check_event_time,
     parse_event,
-    parse_object,
 )
 from touchstream.schemas.events import AnyEvent, OrderPlaced
 from touchstream.schemas.pii import PiiKeyMissing, Pseudonymiser
@@ -135,15 +137,46 @@ def _may_hold_pii(event: AnyEvent) -> bool:
 
 
 def _pseudonymised(event: AnyEvent, pii: Pseudonymiser) -> AnyEvent | Invalid:
+    """The event with the PII in its extra properties pseudonymised. Only those can
+    hold PII (no typed property is named as PII is), so only they are walked, and
+    the event is copied with them replaced: the typed fields are unchanged and
+    nothing needs validating again (dumping and validating the whole event cost
+    ~50 µs)."""
+    props = event.properties
+    update: dict[str, Any] = {}
+    found: list[str] = []
     try:
-        data, found = pii.event(event.wire())
+        if event.event_type == "order_placed" and isinstance(event, OrderPlaced):
+            items = list(event.properties.items)
+            for index, item in enumerate(items):
+                cleaned = _cleaned_extra(item, f"items[{index}]", pii, found)
+                if cleaned:
+                    items[index] = item.model_copy(update=cleaned)
+            if found:
+                update["items"] = items
+        update.update(_cleaned_extra(props, "", pii, found))
     except PiiKeyMissing as exc:
         issues = tuple(
             ValidationIssue(field=f"properties.{path}", reason=str(exc), kind="unprotected_pii")
             for path in exc.fields
         )
         return Invalid("unprotected_pii", issues, event.event_type, str(event.event_id))
-    return parse_object(data) if found else event
+    if not found:
+        return event
+    return event.model_copy(update={"properties": props.model_copy(update=update)})
+
+
+def _cleaned_extra(
+    model: BaseModel, path: str, pii: Pseudonymiser, found: list[str]
+) -> dict[str, Any]:
+    """The extra properties of ``model`` whose values held PII, pseudonymised (the
+    paths replaced are added to ``found``)."""
+    extra = model.model_extra
+    if not extra:
+        return {}
+    cleaned, replaced = pii.properties(extra, path=path)
+    found.extend(replaced)
+    return {name: value for name, value in cleaned.items() if value is not extra[name]}
 
 
 def _scrubbed(raw: bytes, pii: Pseudonymiser) -> bytes:

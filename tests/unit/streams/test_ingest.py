@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tests.samples import wire
+from touchstream.schemas import parse_object
 from touchstream.schemas.pii import PREFIX, REDACTED, Pseudonymiser
 from touchstream.streams.ingest import RawMessage, forwarded, ingest
 
@@ -69,6 +71,49 @@ def test_without_a_key_pii_is_dead_lettered_and_redacted() -> None:
     assert {issue.field for issue in letter.errors} == {"properties.email"}
     assert b"Ana@Example.com" not in letter.original_bytes()
     assert json.loads(letter.original_bytes())["properties"]["email"] == REDACTED
+
+
+def order_with_pii() -> dict[str, Any]:
+    event = wire("order_placed")
+    props = event["properties"]
+    assert isinstance(props, dict)
+    props["gift_email"] = "Gift@Example.com"
+    props["meta"] = {"client_ip": "10.0.0.9", "source": "app", "already": PREFIX + "0" * 32}
+    props["items"] = [
+        props["items"][0],
+        {**props["items"][0], "sku": "sku-2", "buyer_phone": "+44 20 7946 0000"},
+    ]
+    return event
+
+
+def test_pii_in_extras_items_and_nested_is_pseudonymised_as_validating_again_would() -> None:
+    """Only extra properties are walked and the event is copied: the same event as
+    pseudonymising the whole wire form and validating it again."""
+    pii = Pseudonymiser(b"0123456789abcdef")
+    event = order_with_pii()
+    (got,) = ingest([msg(0, json.dumps(event).encode())], NOW, 64 * 1024, pii).events
+    data, found = pii.event(json.loads(json.dumps(event)))
+    assert sorted(found) == ["gift_email", "items[1].buyer_phone", "meta.client_ip"]
+    expected = parse_object(data)
+    assert got == expected
+    assert forwarded(got, NOW, late=False) == forwarded(expected, NOW, late=False)
+    assert b"Example.com" not in got.model_dump_json().encode()
+    assert b"7946" not in got.model_dump_json().encode()
+
+
+def test_without_a_key_pii_in_an_order_item_is_refused_with_its_path() -> None:
+    result = ingest([msg(0, json.dumps(order_with_pii()).encode())], NOW, 64 * 1024)
+    assert result.events == [] and result.by_reason == {"unprotected_pii": 1}
+    (issue,) = result.dead_letters[0][1].errors
+    assert issue.field == "properties.items[1].buyer_phone"  # the items before the rest
+
+
+def test_extras_without_pii_leave_the_event_as_it_is() -> None:
+    event = wire("page_view")
+    event["properties"] = {"url": "/", "campaign": {"name": "x"}, "contact": PREFIX + "0" * 32}
+    pii = Pseudonymiser(b"0123456789abcdef")
+    (got,) = ingest([msg(0, json.dumps(event).encode())], NOW, 64 * 1024, pii).events
+    assert got.properties.model_extra == {"campaign": {"name": "x"}, "contact": PREFIX + "0" * 32}
 
 
 def test_dead_letters_never_keep_pii_in_clear() -> None:
