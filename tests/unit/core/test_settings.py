@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from touchstream.settings import SettingsError, env_variables, load_settings
+from touchstream.settings import (
+    LOCAL_SESSION_TIMEOUT_MS,
+    SettingsError,
+    env_variables,
+    load_settings,
+)
 
 
 def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
@@ -64,6 +69,17 @@ def test_as_env_round_trips() -> None:
     )
     again = load_settings(settings.as_env())
     assert again == settings
+
+
+def test_the_local_broker_gets_a_shorter_session_timeout_unless_one_is_set() -> None:
+    # Tansu holds a JoinGroup round for half the session timeout (LOCAL_SESSION_TIMEOUT_MS).
+    local = load_settings({}).with_bootstrap("127.0.0.1:1234")
+    assert local.kafka.bootstrap_servers == "127.0.0.1:1234"
+    assert local.kafka.session_timeout_ms == LOCAL_SESSION_TIMEOUT_MS < 10_000
+    assert load_settings(local.as_env()).kafka.session_timeout_ms == LOCAL_SESSION_TIMEOUT_MS
+    chosen = load_settings({"TOUCHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "20000"})
+    assert chosen.with_bootstrap("127.0.0.1:1234").kafka.session_timeout_ms == 20_000
+    assert load_settings({}).kafka.session_timeout_ms == 10_000  # a real cluster's default
 
 
 def test_settings_are_frozen() -> None:
