@@ -10,25 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+
+from touchstream.schemas.records import KafkaRecord as Record
 
 TopicPartition = tuple[str, int]
-
-
-class Record(Protocol):
-    """What a sink reads of a Kafka record: aiokafka's ConsumerRecord as it is
-    polled (a copy per record cost the sink ~1 µs), or a :class:`SourceRecord`."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from touchstream.schemas.events import CaseClosed, utcnow
 from touchstream.schemas.pii import Pseudonymiser
-from touchstream.schemas.records import Alert
+from touchstream.schemas.records import Alert, KafkaRecord
 from touchstream.settings import KafkaSettings, Settings
 from touchstream.streams import metrics as worker_metrics
 from touchstream.streams.aggregate import DirtyBucket, KpiPartition
@@ -57,7 +57,7 @@ from touchstream.streams.customers import (
     touch_of,
 )
 from touchstream.streams.eventtime import SourceState
-from touchstream.streams.ingest import RawMessage, forwarded, ingest
+from touchstream.streams.ingest import forwarded, ingest
 from touchstream.streams.intake import Batch, Intake, Turns, source_of
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcome_stage import OutcomePartition
@@ -473,7 +473,7 @@ def create_app(
         stage: Intake[Any],
         state_topic: str,
         batch: Batch,
-        handle: Callable[[Any, RawMessage], Awaitable[None]],
+        handle: Callable[[Any, KafkaRecord], Awaitable[None]],
         replayed: Callable[[], None] | None = None,
     ) -> None:
         """A batch of an internal stage: each message from its partition's next
@@ -499,7 +499,7 @@ def create_app(
             await outputs.flush()  # everything out before the state says done
             await send_checkpoints(parts, handled, state_topic)
 
-    async def fold_contributions(part: KpiPartition, message: RawMessage) -> None:
+    async def fold_contributions(part: KpiPartition, message: KafkaRecord) -> None:
         """A bundle of contributions folded into its partition's buckets (or the
         sources' progress: the partition's clock)."""
         expired = part.aggregator.expired
@@ -654,7 +654,7 @@ def create_app(
         # never left in a buffer.
         await stage_batch(alert_intake, alert_state_name, batch, handle_alert_event)
 
-    async def handle_alert_event(part: AlertPartition, message: RawMessage) -> None:
+    async def handle_alert_event(part: AlertPartition, message: KafkaRecord) -> None:
         body = orjson.loads(message.value or b"{}")
         if "marks" in body:  # the raw sources' progress: closed cases forgotten
             part.note_marks(body["marks"])
