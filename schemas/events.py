@@ -7,10 +7,12 @@ and old versions keep parsing.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import (
     AwareDatetime,
@@ -199,6 +201,18 @@ class _Envelope(BaseModel):
     def identity(self) -> str:
         """The Kafka key: customer_id, else anonymous_id."""
         return self.customer_id or self.anonymous_id or ""
+
+    @functools.cached_property
+    def at(self) -> float:
+        """``occurred_at`` in epoch seconds, computed once per event: the stages read
+        it ~5 times an event, and ``datetime.timestamp()`` costs ~1 µs. Not a field
+        (not validated, dumped or compared); :meth:`model_copy` drops it."""
+        return self.occurred_at.timestamp()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("at", None)  # occurred_at may be what changed
+        return copied
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready wire form (PRODUCT.md: one object, ISO 8601 timestamps)."""

@@ -365,8 +365,7 @@ def create_app(
         for event, source in zip(result.events, result.sources, strict=True):
             alert = raise_alert(event, now)
             if alert is not None and (
-                event.occurred_at.timestamp()
-                < intake.states[source].max_event_time - streams.alert_retention_s
+                event.at < intake.states[source].max_event_time - streams.alert_retention_s
             ):
                 # Its case is history: had it been raised and closed, its slot may
                 # be forgotten, and raising it again would reopen it.

@@ -113,7 +113,7 @@ def link_of(event: AnyEvent) -> tuple[str, str, float] | None:
     """(anonymous_id, customer_id, at) for an event carrying both ids."""
     if not (event.customer_id and event.anonymous_id):
         return None
-    return event.anonymous_id, event.customer_id, event.occurred_at.timestamp()
+    return event.anonymous_id, event.customer_id, event.at
 
 
 def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
@@ -133,7 +133,7 @@ def touch_of(event: AnyEvent) -> tuple[str, Touch] | None:
 
 
 def _touch(event: AnyEvent, kind: str, subscription: str) -> Touch:
-    at = event.occurred_at.timestamp()
+    at = event.at
     return [at, kind, event.channel, event.touchpoint, is_detractor(event), subscription]
 
 

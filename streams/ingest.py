@@ -115,7 +115,7 @@ def ingest(
             continue
         verdict = "on_time"
         if state is not None:
-            verdict = state.observe(message.offset, parsed.event_id, parsed.occurred_at.timestamp())
+            verdict = state.observe(message.offset, parsed.event_id, parsed.at)
         if verdict == "duplicate":
             result.duplicates[message.topic] += 1
             continue

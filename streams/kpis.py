@@ -152,7 +152,7 @@ def contributions_of(event: AnyEvent, source: str = "", offset: int = -1) -> lis
         event_counts(event),
         event.channel,
         event.touchpoint,
-        event.occurred_at.timestamp(),
+        event.at,
         source,
         offset,
     )

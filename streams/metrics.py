@@ -255,7 +255,7 @@ async def measure_lag(consumer: _Consumer, topics: Collection[str]) -> dict[tupl
 
 class _Timed(Protocol):
     @property
-    def occurred_at(self) -> datetime: ...
+    def at(self) -> float: ...  # occurred_at in epoch seconds
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class WorkerMetrics:
         done = time.time()
         self.processing_latency.observe_many(max(0.0, done - t) for t in kafka_timestamps if t)
         at = received.timestamp()
-        self.freshness.observe_many(max(0.0, at - e.occurred_at.timestamp()) for e in events)
+        self.freshness.observe_many(max(0.0, at - e.at) for e in events)
 
 
 def create(registry: CollectorRegistry, namespace: str = "touchstream") -> WorkerMetrics:

@@ -78,7 +78,7 @@ def ops_of(event: AnyEvent) -> list[Op]:
     """What an event does to the checkouts and carts it names."""
     if event.event_type not in STEPS:
         return []
-    at = event.occurred_at.timestamp()
+    at = event.at
     ch, tp = event.channel, event.touchpoint
     if isinstance(event, CheckoutStarted):
         p = event.properties

@@ -39,6 +39,18 @@ def test_occurred_at_is_normalised_to_utc() -> None:
     assert event.occurred_at == datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
+def test_at_is_the_event_time_in_epoch_seconds_and_follows_a_copy() -> None:
+    data = wire("page_view", occurred_at="2026-11-02T10:30:00+01:00")
+    event = parse_object(data)
+    assert not isinstance(event, Invalid)
+    assert event.at == datetime(2026, 11, 2, 9, 30, tzinfo=UTC).timestamp()
+    assert "at" not in event.wire() and "at" not in json.loads(event.model_dump_json())
+    later = event.model_copy(update={"occurred_at": event.occurred_at + timedelta(hours=1)})
+    assert later.at == event.at + 3600  # the copy does not keep the cached value
+    assert event.model_copy(update={"session_id": "s-2"}).at == event.at
+    assert event == parse_object(data)  # the cached value is not compared
+
+
 def test_families_route_to_the_three_raw_topics() -> None:
     assert family("page_view") == "clickstream"
     assert family("order_placed") == "orders"

@@ -161,7 +161,8 @@ def test_observe_batch_measures_latency_from_kafka_time_and_freshness_from_event
     metrics.prime(["raw.a", "raw.b"])
     received = datetime.now(UTC)
     events = [
-        SimpleNamespace(occurred_at=received - timedelta(seconds=s)) for s in (2, 40, 400, 7200)
+        SimpleNamespace(at=(received - timedelta(seconds=s)).timestamp())
+        for s in (2, 40, 400, 7200)
     ]
     kafka_time = received.timestamp() - 0.2
     metrics.observe_batch([kafka_time, None, kafka_time], events, received)
