@@ -156,8 +156,9 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         within ``streams.max_source_skew_s`` of each other (:func:`ahead`).
         ``turns``: shared with the worker's other stages, this one ``first`` or
         waiting for the first (:class:`Turns`)."""
-        self._turns = turns
-        self._first = first
+        # The turns this intake reports its backlog to (ingest), or waits on (the rest).
+        self._leads = turns if first else None
+        self._waits = None if first else turns
         self._settings = settings
         self._event_time = event_time
         self._purpose = purpose
@@ -305,13 +306,12 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                 log.warning("%s intake: %r", self._purpose, exc)
                 await asyncio.sleep(0.5)
                 continue
-            turns = self._turns
             if not fetched:
-                if turns is not None and self._first:
-                    turns.first_behind(0)
+                if self._leads is not None:
+                    self._leads.first_behind(0)
                 continue
-            if turns is not None and not self._first:
-                await turns.wait(self._stopping)
+            if self._waits is not None:
+                await self._waits.wait(self._stopping)
             async with self.lock:
                 if self._stopping.is_set():
                     return
@@ -328,11 +328,11 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                     [r for records in fetched.values() for r in records],
                     [r.timestamp / 1000 for records in fetched.values() for r in records],
                 )
-                if turns is not None and self._first:  # this batch included
-                    turns.first_behind(self._behind(consumer))
+                if self._leads is not None:  # this batch included
+                    self._leads.first_behind(self._behind(consumer))
                 await self._handler(batch)
-                if turns is not None and self._first:
-                    turns.first_behind(self._behind(consumer))
+                if self._leads is not None:
+                    self._leads.first_behind(self._behind(consumer))
                 if self._event_time is not None:
                     self._align(consumer)
                 offsets = {
