@@ -2,12 +2,13 @@
 ingest and the outcome, KPI and alert stages, each stage's outputs captured and fed
 to the next in batches, the progress and KPI emission timers run every few batches.
 
-Prints, per stage, the CPU time and µs per raw event, and per output topic the
-records and bytes per raw event; ``--profile FILE`` writes cProfile stats of the
-whole run. This is the worker's own work (validation, state, serialisation) with
-no Kafka client in it: ``make bench`` measures the worker with the broker, this
-says which part of the worker costs what, and is quick enough to A/B a change
-(``python -m tests.perf.stages --events 100000``).
+Prints, per stage, the CPU time and µs per raw event (and how much of it the cyclic
+garbage collector took), and per output topic the records and bytes per raw
+event; ``--profile FILE`` writes cProfile stats of the whole run. This is the
+worker's own work (validation, state, serialisation) with no Kafka client in it:
+``make bench`` measures the worker with the broker, this says which part of the
+worker costs what, and is quick enough to A/B a change (``python -m
+tests.perf.stages --events 100000``).
 
 ``--series N`` also samples the stages' state N times (entities by kind, dedup ids,
 KPI buckets, alert slots) against event time: with a longer ``--hours`` and a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import sys
 import time
 from collections import Counter, defaultdict
@@ -44,6 +46,30 @@ from touchstream.streams.alerts import finished_at
 from touchstream.streams.ingest import RawMessage
 from touchstream.streams.intake import Batch, Intake, source_of
 from touchstream.streams.outputs import Record, partition_of
+
+
+class CollectorTime:
+    """Seconds the cyclic garbage collector ran while registered, by generation
+    (``gc.callbacks``): part of the stages' CPU, shown apart (runtime.tune_gc)."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[int, float] = defaultdict(float)
+        self.runs: Counter[int] = Counter()
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.runs[info["generation"]] += 1
+
+    def __enter__(self) -> CollectorTime:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self)
 
 
 class Captured:
@@ -230,7 +256,7 @@ async def run(
     series: list[dict[str, float]] = []
     every = max(1, events // max(1, samples)) if samples else 0
     wall = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
+    with CollectorTime() as collector, Progress(console=console, transient=True) as bar:
         task = bar.add_task("stages", total=events)
         batches = 0
         for first in range(0, len(ordered), batch_size):
@@ -257,6 +283,8 @@ async def run(
         "events": done,
         "wall_s": wall,
         "cpu": dict(cpu),
+        "gc_s": dict(collector.seconds),
+        "gc_runs": dict(collector.runs),
         "records": dict(captured.records),
         "bytes": dict(captured.bytes),
         "series": series,
@@ -272,6 +300,15 @@ def report(result: dict[str, Any], console: Console) -> None:
     for stage, seconds in sorted(result["cpu"].items(), key=lambda kv: -kv[1]):
         table.add_row(stage, f"{seconds:.2f}", f"{seconds / n * 1e6:.1f}", f"{seconds / total:.0%}")
     console.print(table)
+    collected = sum(result["gc_s"].values())
+    by_generation = ", ".join(
+        f"gen{g} {result['gc_s'][g]:.2f} s in {result['gc_runs'][g]}"
+        for g in sorted(result["gc_s"])
+    )
+    console.print(
+        f"of which the cyclic garbage collector: {collected:.2f} s, "
+        f"{collected / n * 1e6:.1f} µs/event ({by_generation or 'no collection'})"
+    )
     out = Table(title="outputs per raw event")
     for column in ("topic", "records", "bytes"):
         out.add_column(column, justify="left" if column == "topic" else "right")

@@ -48,6 +48,20 @@ def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
+def test_the_supervisor_does_not_import_faust_or_the_app() -> None:
+    # It starts the processes that run them: importing them first cost ~0.9 s of
+    # every worker start.
+    probe = (
+        "import sys, touchstream.streams.worker, touchstream.cli; "
+        "print(sorted(m for m in sys.modules if m == 'faust' or m.startswith('faust.') "
+        "or m == 'touchstream.streams.app'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_cpus_are_the_affinity_without_a_quota(tmp_path: Path) -> None:
     affinity = len(os.sched_getaffinity(0))
     assert available_cpus(cgroup(tmp_path, {"cpu.max": "max 100000\n"})) == affinity
