@@ -43,7 +43,7 @@ from touchstream.schemas.events import (
 OVERALL = "all"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed; frozen, its __init__ cost 1.95 µs, not 0.47
 class Contribution:
     """What one event adds to one KPI group at one instant (event time, epoch s)."""
 

@@ -46,7 +46,7 @@ Entity = dict[str, Any]  # started_at, channel, completed_at, touches, first_see
 KINDS = {"checkout": "checkout_abandonment", "cart": "cart_abandonment"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed; frozen, its __init__ cost 1.95 µs, not 0.47
 class Op:
     """One step of an entity's life, derived from an event."""
 
@@ -164,7 +164,7 @@ def decision_contributions(kind: str, decision: Decision) -> list[Contribution]:
     ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed; frozen, its __init__ cost 1.95 µs, not 0.47
 class Decision:
     entity_id: str
     channel: str
