@@ -68,7 +68,7 @@ from rich.table import Table
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, free_port
 from touchstream.runtime import tune_gc
-from touchstream.settings import LOCAL_SESSION_TIMEOUT_MS, Settings, load_settings
+from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
 from touchstream.stack import Stack
 from touchstream.streams.processes import worker_processes
@@ -355,17 +355,13 @@ class Bench:
         settings = load_settings(
             {},
             data_dir=str(self.data_dir),
-            kafka={
-                "bootstrap_servers": self.bootstrap,
-                "topic_prefix": f"b{self.uid}{tag}.",
-                "session_timeout_ms": LOCAL_SESSION_TIMEOUT_MS,  # as the local stack's
-            },
+            kafka={"topic_prefix": f"b{self.uid}{tag}."},
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
             # The worker's /metrics on a port of its own: the drain reads its lags.
             metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
             streams={"app_id": f"bench-{self.uid}-{tag}", "processes": self.o.processes},
             sink={"group_id": f"bench-sink-{self.uid}-{tag}"},
-        )
+        ).with_bootstrap(self.bootstrap)  # the local broker, as the local stack uses it
         self.figures["worker_processes"] = worker_processes(settings)
         return settings
 
