@@ -773,6 +773,13 @@ def create_app(
             for partition, changed in sorted(by_partition.items()):
                 owner = parts.get(partition)
                 if owner is None:
+                    # Revoked and not assigned yet: an eager rebalance revokes every
+                    # partition before it assigns them, and one that stays here is
+                    # not restored again (nor its windows emitted): kept for then.
+                    # Gone to another worker, its state is dropped here at the
+                    # assignment, and these with it (its new owner emits them all).
+                    if f"{contributions_name}:{partition}" in kpi_intake.states:
+                        dirty.update(changed)
                     continue
                 aggregator = owner.aggregator
                 with aggregator.reading():  # each bucket and stock level read once per pass
