@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from kafka import KafkaProducer
@@ -94,6 +95,74 @@ def expect(messages: Sequence[Message], streams: StreamsSettings) -> Expected:
     return Expected(truth, kpis, ids, late, Counter(truth.dead_letters))
 
 
+Counts = tuple[float, float]
+
+
+def kpi_differences(
+    ch: Any, db: str, want: Expected
+) -> dict[Key, tuple[Counts | None, Counts | None]]:
+    """KPI windows whose ClickHouse counts are not the truth's: key → (truth, got);
+    None where there is no such window."""
+    # A churn re-attributed to a stitched interaction that arrived late leaves
+    # its old window at numerator 0: the same as no churn there.
+    got = {
+        k: v
+        for k, v in kpi_rows(ch, db).items()
+        if not (k[0] in RETRACTABLE and v[0] == 0 and k not in want.kpis)
+    }
+    differ: dict[Key, tuple[Counts | None, Counts | None]] = {
+        k: (v, got.get(k)) for k, v in want.kpis.items() if got.get(k) != v
+    }
+    differ.update({k: (None, got[k]) for k in set(got) - set(want.kpis)})
+    return differ
+
+
+async def kpi_topic_latest(settings: Settings) -> dict[Key, Counts]:
+    """Each KPI window's latest update on the KPI topic (highest version)."""
+    kafka = settings.kafka
+    records = await read_all(kafka.bootstrap_servers, settings.topic("kpis"), kafka.partitions)
+    latest: dict[Key, tuple[int, Counts]] = {}
+    for _, value in records:
+        update = json.loads(value or b"{}")
+        start = datetime.fromisoformat(update["window_start"]).timestamp()
+        key = (
+            update["kpi"],
+            update["channel"],
+            update["touchpoint"],
+            int(start),
+            int(update["window_size_s"]),
+        )
+        if key not in latest or update["version"] > latest[key][0]:
+            latest[key] = (update["version"], (update["numerator"], update["denominator"]))
+    return {key: counts for key, (_, counts) in latest.items()}
+
+
+async def where_kpis_went_wrong(stack: Stack, ch: Any, db: str, want: Expected) -> str:
+    """For a failed reconciliation: whether the differing KPI windows' latest
+    updates on the KPI topic were the truth (lost on the way to ClickHouse), other
+    counts (the worker's), or none (never emitted)."""
+    differ = await asyncio.to_thread(kpi_differences, ch, db, want)
+    if not differ:
+        return ""
+    try:
+        emitted = await asyncio.wait_for(kpi_topic_latest(stack.settings), 30)
+    except Exception as exc:  # noqa: BLE001 - a diagnosis only: say why there is none
+        return f"; the KPI topic was not read ({exc!r})"
+    kinds: Counter[str] = Counter()
+    for key, (truth, _) in differ.items():
+        if key not in emitted:
+            kinds["never emitted"] += 1
+        elif emitted[key] == truth:
+            kinds["emitted as the truth"] += 1
+        else:
+            kinds["emitted otherwise"] += 1
+    sample = {key: (truth, got, emitted.get(key)) for key, (truth, got) in list(differ.items())[:3]}
+    return (
+        f"; on the KPI topic: {dict(kinds)} (key: (truth, ClickHouse, latest emitted), "
+        f"e.g. {sample})"
+    )
+
+
 def mismatches(ch: Any, db: str, want: Expected) -> list[str]:
     """Every way ClickHouse differs from ``want`` (empty: reconciled)."""
     problems: list[str] = []
@@ -116,19 +185,13 @@ def mismatches(ch: Any, db: str, want: Expected) -> list[str]:
     reasons = dead_letter_reasons(ch, db)
     if reasons != want.dead_letters:
         problems.append(f"dead letters {dict(reasons)} != expected {dict(want.dead_letters)}")
-    # A churn re-attributed to a stitched interaction that arrived late leaves
-    # its old window at numerator 0: the same as no churn there.
-    got = {
-        k: v
-        for k, v in kpi_rows(ch, db).items()
-        if not (k[0] in RETRACTABLE and v[0] == 0 and k not in want.kpis)
-    }
-    if got != want.kpis:
-        differ = {k: (v, got.get(k)) for k, v in want.kpis.items() if got.get(k) != v}
-        extra_windows = {k: got[k] for k in set(got) - set(want.kpis)}
+    differ = kpi_differences(ch, db, want)
+    if differ:
+        extra_windows = {k: v for k, (truth, v) in differ.items() if truth is None}
+        wrong = {k: v for k, v in differ.items() if v[0] is not None}
         problems.append(
-            f"{len(differ)} KPI windows differ in {sorted({k[0] for k in differ})}, e.g. "
-            f"{list(differ.items())[:3]}; {len(extra_windows)} extra, e.g. "
+            f"{len(wrong)} KPI windows differ in {sorted({k[0] for k in wrong})}, e.g. "
+            f"{list(wrong.items())[:3]}; {len(extra_windows)} extra, e.g. "
             f"{list(extra_windows.items())[:3]}"
         )
     return problems
@@ -147,7 +210,8 @@ async def until_reconciled(
         if not problems:
             return time.monotonic() - started
         await asyncio.sleep(1)
-    raise AssertionError(f"not reconciled after {timeout_s:.0f}s: " + "; ".join(problems))
+    why = await where_kpis_went_wrong(stack, ch, db, want)
+    raise AssertionError(f"not reconciled after {timeout_s:.0f}s: " + "; ".join(problems) + why)
 
 
 def send(producer: KafkaProducer, settings: Settings, messages: Iterable[Message]) -> None:
