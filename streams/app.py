@@ -720,6 +720,11 @@ def create_app(
     async def check_alert_sla() -> None:
         # Overdue alerts get a tick message through the alerts stage (their slot
         # changes there, in batch order with raises and closings), not a write here.
+        if not alert_intake.owned and alert_intake.states:
+            # Revoked and not assigned yet (an eager rebalance revokes every
+            # partition first): the last figures stand. Every worker's gauges at
+            # 0 for a scrape would reset the past-SLA alert's `for`.
+            return
         now = utcnow()
         open_count = past_sla = 0
         slots = [

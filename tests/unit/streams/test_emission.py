@@ -1,6 +1,8 @@
-"""The worker's KPI emission across a rebalance, without a broker (tests/offline.py):
-what the KPI stage folded goes out to the KPI topic once its partition is owned,
-whichever way the rebalance went."""
+"""The worker's timers across a rebalance, without a broker (tests/offline.py).
+An eager rebalance revokes every partition before it assigns them (seconds on
+the local broker): what the KPI stage folded goes out to the KPI topic once its
+partition is owned, whichever way the rebalance went, and the alert gauges do
+not drop to nothing in between."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 import touchstream.streams.app as worker_app
 from tests.offline import Captured, Offline, timer
+from tests.samples import wire
 from touchstream.settings import Settings, load_settings
 from touchstream.streams.ingest import RawMessage
 from touchstream.streams.outputs import partition_of
@@ -28,8 +32,14 @@ AT = 1_793_782_800.0  # 2026-11-04 09:00 UTC
 class Worker:
     settings: Settings
     captured: Captured
-    kpis: Offline  # the KPI stage's intake
+    registry: CollectorRegistry
+    stages: dict[str, Offline]  # each stage's intake by purpose
     emit: Callable[[], Awaitable[None]]  # one pass of the emission timer
+    check_alerts: Callable[[], Awaitable[None]]  # one pass of the alert SLA timer
+
+    @property
+    def kpis(self) -> Offline:
+        return self.stages["kpis"]
 
     @property
     def partition(self) -> int:
@@ -82,9 +92,17 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worker:
     def crashed(code: int) -> None:
         pytest.fail(f"the worker crashed ({code})")
 
-    app = worker_app.create_app(settings, on_crash=crashed)
-    kpis = next(intake for intake in Offline.created if intake.purpose == "kpis")
-    return Worker(settings, captured, kpis, timer(app, "emit_kpis"))
+    registry = CollectorRegistry()
+    app = worker_app.create_app(settings, registry=registry, on_crash=crashed)
+    stages = {intake.purpose: intake for intake in Offline.created}
+    return Worker(
+        settings,
+        captured,
+        registry,
+        stages,
+        timer(app, "emit_kpis"),
+        timer(app, "alert_sla"),
+    )
 
 
 def test_folded_windows_go_out_when_no_rebalance_holds_them(worker: Worker) -> None:
@@ -138,3 +156,31 @@ def test_a_partition_gone_to_another_worker_is_not_emitted_here(worker: Worker) 
 
     asyncio.run(scenario())
     assert worker.emitted() == []
+
+
+def test_the_alert_gauges_hold_through_a_rebalance(worker: Worker) -> None:
+    # Every worker's gauges at 0 for a scrape mid-rebalance would reset the
+    # past-SLA alert's `for` (deploy/prometheus/rules): the last figures stand.
+    settings = worker.settings
+    detractor = wire("nps_response", properties={"score": 2, "order_id": "o-1"})
+    raw = RawMessage(settings.topic("feedback"), 0, 0, b"c-1", orjson.dumps(detractor))
+
+    def alerts_open() -> float | None:
+        return worker.registry.get_sample_value("touchstream_alerts_open")
+
+    async def scenario() -> None:
+        await worker.stages["ingest"].handle([raw])
+        alert_events = worker.captured.take(settings.topic("alert_events"), 100)
+        await worker.stages["alerts"].handle(alert_events)
+        await worker.check_alerts()
+        assert alerts_open() == 1
+        alerts = worker.stages["alerts"]
+        partitions = sorted(alerts.owned, key=lambda tp: tp.partition)
+        await alerts.on_partitions_revoked(partitions)
+        await worker.check_alerts()
+        assert alerts_open() == 1
+        await alerts.on_partitions_assigned(partitions)
+        await worker.check_alerts()
+        assert alerts_open() == 1
+
+    asyncio.run(scenario())
