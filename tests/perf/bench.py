@@ -717,10 +717,7 @@ class Bench:
             freshness_probes=len(probes),
             freshness_censored=fresh_censored,
             freshness_poll_interval_s=0.1,
-            written_events=written[0],
-            written_p50_s=written[1],
-            written_p95_s=written[2],
-            written_p99_s=written[3],
+            **written,
             alerts_expected=len(alerts),
             alerts_censored=alert_censored,
         )
@@ -737,6 +734,8 @@ class Bench:
             "freshness_probes",
             "freshness_censored",
             "written_p95_s",
+            "received_p95_s",
+            "sink_wait_p95_s",
             "alert_p50_s",
             "alert_p95_s",
             "alerts_expected",
@@ -975,16 +974,31 @@ def _count_prefix(client: Any, db: str, prefix: str) -> int:
     )
 
 
-def _written_latency(client: Any, db: str, prefix: str) -> tuple[int, float, float, float]:
-    """Over every event of the steady phase: inserted_at - occurred_at (the sink's
-    INSERT started; visible once it commits)."""
-    count, (p50, p95, p99) = client.query(
-        "SELECT count(), quantilesExact(0.5, 0.95, 0.99)(toUnixTimestamp64Milli(inserted_at) "
-        "- toUnixTimestamp64Milli(occurred_at)) FROM {db:Identifier}.events "
+def _written_latency(client: Any, db: str, prefix: str) -> dict[str, float]:
+    """Over every event of the steady phase, where the time to ClickHouse goes:
+    occurred_at → received_at (sent, fetched and validated by the worker),
+    received_at → inserted_at (forwarded, then buffered by the sink until its
+    INSERT started; visible once it commits) and the two together; p50/p95/p99 s."""
+    spans = {
+        "written": ("occurred_at", "inserted_at"),
+        "received": ("occurred_at", "received_at"),
+        "sink_wait": ("received_at", "inserted_at"),
+    }
+    columns = ", ".join(
+        f"quantilesExact(0.5, 0.95, 0.99)(toUnixTimestamp64Milli({end}) "
+        f"- toUnixTimestamp64Milli({start}))"
+        for start, end in spans.values()
+    )
+    count, *quantiles = client.query(
+        f"SELECT count(), {columns} FROM {{db:Identifier}}.events "
         "WHERE identity >= {lo:String} AND identity < {hi:String}",
         parameters={"db": db, "lo": prefix, "hi": prefix + "\x7f"},
     ).result_rows[0]
-    return int(count), p50 / 1000, p95 / 1000, p99 / 1000
+    out: dict[str, float] = {"written_events": int(count)}
+    for name, values in zip(spans, quantiles, strict=True):
+        for q, value in zip((50, 95, 99), values, strict=True):
+            out[f"{name}_p{q}_s"] = value / 1000
+    return out
 
 
 # -- report -----------------------------------------------------------------------------
@@ -1089,6 +1103,8 @@ FIGURE_LABELS = {
     "freshness_p99_s": "freshness p99, s",
     "freshness_censored": "freshness: probes not seen by the end of the wait",
     "written_p95_s": "occurred → sink INSERT, p95 s (every event)",
+    "received_p95_s": "  of which occurred → worker received_at, p95 s",
+    "sink_wait_p95_s": "  of which received_at → sink INSERT, p95 s",
     "alert_p50_s": "alert p50, s (response → cx.alerts.v1)",
     "alert_p95_s": "alert p95, s",
     "alert_p99_s": "alert p99, s",
