@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from touchstream.settings import Settings
 from touchstream.sinks.base import Sink, SinkWriteError
@@ -126,8 +126,16 @@ class SinkRunner:
             self._flushing = False
         if offsets:
             committed = {TopicPartition(t, p): o for (t, p), o in offsets.items()}
-            await consumer.commit(committed)
-            self._landed.update(committed)
+            try:
+                await consumer.commit(committed)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced while this flush ran (a revocation does not
+                # wait for a flush under way): the rows landed, and whoever holds
+                # the partitions now reads them again from the last commit; they
+                # collapse in ClickHouse (ReplacingMergeTree), nothing is lost.
+                log.info("sink: commit skipped, the group rebalanced (%r)", exc)
+            else:
+                self._landed.update(committed)
         self.flushes += 1
         self._last_flush = time.monotonic()
 
