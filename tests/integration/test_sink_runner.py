@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -181,3 +182,96 @@ def value(registry: CollectorRegistry, name: str) -> float:
 
 async def committed_is(settings: Settings, expected: int) -> bool:
     return await committed(settings) == expected
+
+
+class Shared:
+    """The session's engine client for one sink among several: closing a sink
+    leaves it open (the session fixture owns it). ``slow_s``: each INSERT takes
+    that much longer (a flush still running when the group rebalances)."""
+
+    def __init__(self, real: Any, slow_s: float = 0.0) -> None:
+        self._real = real
+        self._slow_s = slow_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._slow_s)
+        return self._real.insert(*args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._slow_s)
+        return self._real.raw_insert(*args, **kwargs)
+
+    def close(self) -> None:
+        return None
+
+
+def test_sinks_that_join_and_leave_the_group_mid_stream_lose_nothing(
+    broker: LocalBroker, make_settings: SettingsFactory, ch: Any
+) -> None:
+    # README, "Running in production": add sink replicas, they share the partitions
+    # in their group. Each join and leave rebalances it while the sinks poll, flush
+    # and commit; every event lands, and no sink fails for it.
+    settings = make_settings(broker.bootstrap_servers)
+    database = settings.clickhouse.database
+    migrate(ch, database)
+    enough = asyncio.Event()
+
+    async def produce(ids: list[str]) -> None:
+        """~500 events/s until ``enough``."""
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await producer.start()
+        try:
+            while not enough.is_set():
+                for _ in range(50):
+                    event = parse_object(wire("page_view", customer_id=f"c{len(ids) % 101}"))
+                    assert not isinstance(event, Invalid)
+                    ids.append(str(event.event_id))
+                    update = {"received_at": NOW}
+                    value = event.model_copy(update=update).model_dump_json(exclude_none=True)
+                    await producer.send(
+                        settings.topic("events"), value.encode(), key=event.identity.encode()
+                    )
+                await asyncio.sleep(0.1)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def scenario() -> None:
+        await ensure_topics(settings)
+        ids: list[str] = []
+        first = make_runner(settings, lambda: Shared(ch, slow_s=1.0), CollectorRegistry())
+        running = asyncio.create_task(first.run())
+        sending = asyncio.create_task(produce(ids))
+        second = make_runner(settings, lambda: Shared(ch), CollectorRegistry())
+        joined = asyncio.create_task(second.run())
+        await wait_for(lambda: second.records_in > 0)  # it has partitions: rebalanced
+        third = make_runner(settings, lambda: Shared(ch), CollectorRegistry())
+        also = asyncio.create_task(third.run())
+        await wait_for(lambda: third.records_in > 0)
+        second.stop()  # leaves while the others poll and flush
+        await joined
+        await asyncio.sleep(1.0)
+        enough.set()
+        await sending
+
+        def landed_all() -> bool:
+            for task in (running, also):
+                if task.done():
+                    raise AssertionError(f"a sink stopped: {task.exception()!r}")
+            return count_distinct(ch, database) == len(ids)
+
+        await wait_for(landed_all, timeout_s=90)
+        for runner, task in ((first, running), (third, also)):
+            runner.stop()
+            await task
+        got = {str(r[0]) for r in ch.query(f"SELECT event_id FROM {database}.events").result_rows}
+        assert got == set(ids)
+
+    asyncio.run(scenario())
+
+
+def count_distinct(ch: Any, database: str) -> int:
+    return int(ch.query(f"SELECT uniqExact(event_id) FROM {database}.events").result_rows[0][0])
