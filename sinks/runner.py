@@ -134,6 +134,8 @@ class SinkRunner:
                 # the partitions now reads them again from the last commit; they
                 # collapse in ClickHouse (ReplacingMergeTree), nothing is lost.
                 log.info("sink: commit skipped, the group rebalanced (%r)", exc)
+            except KafkaError as exc:  # the same holds: landed, read again at worst
+                log.warning("sink: commit failed, the rows landed (%r)", exc)
             else:
                 self._landed.update(committed)
         self.flushes += 1
