@@ -720,10 +720,9 @@ def create_app(
     async def check_alert_sla() -> None:
         # Overdue alerts get a tick message through the alerts stage (their slot
         # changes there, in batch order with raises and closings), not a write here.
-        if not alert_intake.owned and alert_intake.states:
-            # Revoked and not assigned yet (an eager rebalance revokes every
-            # partition first): the last figures stand. Every worker's gauges at
-            # 0 for a scrape would reset the past-SLA alert's `for`.
+        if alert_intake.between_assignments:
+            # The last figures stand: every worker's gauges at 0 for a scrape
+            # would reset the past-SLA alert's `for`.
             return
         now = utcnow()
         open_count = past_sla = 0
@@ -778,12 +777,11 @@ def create_app(
             for partition, changed in sorted(by_partition.items()):
                 owner = parts.get(partition)
                 if owner is None:
-                    # Revoked and not assigned yet: an eager rebalance revokes every
-                    # partition before it assigns them, and one that stays here is
-                    # not restored again (nor its windows emitted): kept for then.
-                    # Gone to another worker, its state is dropped here at the
-                    # assignment, and these with it (its new owner emits them all).
-                    if f"{contributions_name}:{partition}" in kpi_intake.states:
+                    # Kept for the assignment: a partition that stays here is not
+                    # restored again (nor its windows emitted). Not ours once it is
+                    # assigned elsewhere: dropped at the next pass (its new owner
+                    # emits every window it restores).
+                    if kpi_intake.between_assignments:
                         dirty.update(changed)
                     continue
                 aggregator = owner.aggregator

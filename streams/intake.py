@@ -181,6 +181,15 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
     def consumer(self) -> AIOKafkaConsumer | None:
         return self._consumer
 
+    @property
+    def between_assignments(self) -> bool:
+        """Revoked and not assigned yet: the groups rebalance eagerly (every
+        partition revoked, then the new assignment), and for that round nothing
+        is owned while the states are still held (dropped, for the partitions
+        gone elsewhere, when the assignment comes). What a timer would do for the
+        partitions it held waits for then."""
+        return not self.owned and bool(self.states)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
 
