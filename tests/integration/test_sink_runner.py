@@ -47,6 +47,15 @@ class FailingInserts:
         return None  # the session fixture owns the real client
 
 
+async def send_forwarded(producer: AIOKafkaProducer, settings: Settings, customer: str) -> str:
+    """A page view as the worker forwards it, to the events topic; its event id."""
+    event = parse_object(wire("page_view", customer_id=customer))
+    assert not isinstance(event, Invalid)
+    value = event.model_copy(update={"received_at": NOW}).model_dump_json(exclude_none=True)
+    await producer.send(settings.topic("events"), value.encode(), key=event.identity.encode())
+    return str(event.event_id)
+
+
 async def produce_events(settings: Settings) -> list[str]:
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -54,13 +63,7 @@ async def produce_events(settings: Settings) -> list[str]:
     ids = []
     try:
         for n in range(N):
-            event = parse_object(wire("page_view", customer_id=f"c{n % 17}"))
-            assert not isinstance(event, Invalid)
-            ids.append(str(event.event_id))
-            value = event.model_copy(update={"received_at": NOW}).model_dump_json(exclude_none=True)
-            await producer.send(
-                settings.topic("events"), value.encode(), key=event.identity.encode()
-            )
+            ids.append(await send_forwarded(producer, settings, f"c{n % 17}"))
         await producer.flush()
     finally:
         await producer.stop()
@@ -226,14 +229,7 @@ def test_sinks_that_join_and_leave_the_group_mid_stream_lose_nothing(
         try:
             while not enough.is_set():
                 for _ in range(50):
-                    event = parse_object(wire("page_view", customer_id=f"c{len(ids) % 101}"))
-                    assert not isinstance(event, Invalid)
-                    ids.append(str(event.event_id))
-                    update = {"received_at": NOW}
-                    value = event.model_copy(update=update).model_dump_json(exclude_none=True)
-                    await producer.send(
-                        settings.topic("events"), value.encode(), key=event.identity.encode()
-                    )
+                    ids.append(await send_forwarded(producer, settings, f"c{len(ids) % 101}"))
                 await asyncio.sleep(0.1)
             await producer.flush()
         finally:
