@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
+import touchstream.streams.app as worker_app
 from touchstream.settings import Settings
 from touchstream.streams.ingest import RawMessage
 from touchstream.streams.intake import Batch, Intake, source_of
@@ -115,3 +117,25 @@ def timer(app: Any, name: str) -> Callable[[], Awaitable[None]]:
     """One tick of a worker timer (not the loop around it)."""
     tick: Callable[[], Awaitable[None]] = app.ticks[f"touchstream.{name}"]
     return tick
+
+
+Patch = Callable[[Any, str, Any], None]  # setattr, or pytest's monkeypatch.setattr
+
+
+def offline_app(
+    settings: Settings,
+    on_crash: Callable[[int], None],
+    registry: CollectorRegistry | None = None,
+    patch: Patch = setattr,
+) -> tuple[Any, Captured, dict[str, Offline]]:
+    """The worker app with its outputs captured and its stages' intakes offline:
+    (app, captured outputs, each stage's intake by purpose). ``patch`` swaps the
+    app module's Outputs and Intake (a test passes monkeypatch.setattr, which puts
+    them back)."""
+    captured = Captured(settings)
+    patch(Offline, "captured", captured)
+    patch(Offline, "created", [])
+    patch(worker_app, "Outputs", lambda _settings: captured)
+    patch(worker_app, "Intake", Offline)
+    app = worker_app.create_app(settings, registry=registry, on_crash=on_crash)
+    return app, captured, {intake.purpose: intake for intake in Offline.created}

@@ -35,8 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-import touchstream.streams.app as worker_app
-from tests.offline import Captured, Offline, timer
+from tests.offline import Offline, offline_app, timer
 from tests.perf.loadgen import simulated
 from touchstream.producers.simulator import encode, key_of
 from touchstream.runtime import tune_gc
@@ -99,13 +98,7 @@ async def run(
     hours: float = 6,
     samples: int = 0,
 ) -> dict[str, Any]:
-    captured = Captured(settings)
-    Offline.captured = captured
-    Offline.created = []
-    worker_app.Outputs = lambda _settings: captured  # type: ignore[assignment,misc,return-value]
-    worker_app.Intake = Offline  # type: ignore[misc]
-    app = worker_app.create_app(settings, on_crash=lambda code: sys.exit(code))
-    stages = {intake.purpose: intake for intake in Offline.created}
+    app, captured, stages = offline_app(settings, on_crash=lambda code: sys.exit(code))
     progress_ticks = [timer(app, "outcome_progress"), timer(app, "decision_progress")]
     emit_timer = timer(app, "emit_kpis")
 

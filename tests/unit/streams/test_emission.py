@@ -17,8 +17,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-import touchstream.streams.app as worker_app
-from tests.offline import Captured, Offline, timer
+from tests.offline import Captured, Offline, offline_app, timer
 from tests.samples import wire
 from touchstream.settings import Settings, load_settings
 from touchstream.streams.ingest import RawMessage
@@ -83,18 +82,15 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worker:
             "TOUCHSTREAM_METRICS__ENABLED": "false",
         }
     )
-    captured = Captured(settings)
-    monkeypatch.setattr(Offline, "captured", captured, raising=False)
-    monkeypatch.setattr(Offline, "created", [])
-    monkeypatch.setattr(worker_app, "Outputs", lambda _settings: captured)
-    monkeypatch.setattr(worker_app, "Intake", Offline)
 
     def crashed(code: int) -> None:
         pytest.fail(f"the worker crashed ({code})")
 
+    def patch(target: Any, name: str, value: Any) -> None:
+        monkeypatch.setattr(target, name, value, raising=False)
+
     registry = CollectorRegistry()
-    app = worker_app.create_app(settings, registry=registry, on_crash=crashed)
-    stages = {intake.purpose: intake for intake in Offline.created}
+    app, captured, stages = offline_app(settings, crashed, registry, patch)
     return Worker(
         settings,
         captured,
