@@ -82,6 +82,12 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="consumer group session timeout"
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="longest a consumer's fetch waits at the broker for data (latency when quiet)",
+    )
     local_port: int = Field(default=0, ge=0, le=65535, description="local broker port, 0 = free")
 
     @field_validator("topic_prefix")
@@ -140,6 +146,14 @@ class KafkaSettings(BaseModel):
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return kwargs
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """What every consumer of the pipeline shares: the connection's security and
+        how long a fetch may wait at the broker. aiokafka's default (500 ms) showed
+        as a p95 of 0.25 s per hop on the local broker at 10k events/s (50 ms with
+        100 ms); a broker that answers at once when data is there (fetch.min.bytes
+        1) only sees more fetches while the topic is quiet."""
+        return self.security_kwargs() | {"fetch_max_wait_ms": self.fetch_max_wait_ms}
 
 
 class Topics(BaseModel):
@@ -352,7 +366,15 @@ class SinkSettings(BaseModel):
         default=50_000, ge=1, le=1_000_000, description="flush when this many rows are buffered"
     )
     flush_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="... or when the oldest is this old"
+        default=1.0, gt=0, le=60, description="... or this long after the last flush"
+    )
+    early_flush_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="... or this many rows buffered and early_flush_s after the last flush",
+    )
+    early_flush_s: float = Field(
+        default=0.25, gt=0, le=60, description="see early_flush_rows (at most flush_interval_s)"
     )
     retry_initial_s: float = Field(default=0.5, gt=0, description="first retry delay")
     retry_max_s: float = Field(default=10.0, gt=0, description="longest retry delay")
@@ -362,6 +384,27 @@ class SinkSettings(BaseModel):
         """The sink's buffer bound: a full batch plus what a poll adds on top of it
         (a bound below SINK__BATCH_ROWS would stop the sink with BackpressureError)."""
         return self.batch_rows * 2 + 20_000
+
+    @model_validator(mode="after")
+    def _early_before_interval(self) -> SinkSettings:
+        if self.early_flush_s > self.flush_interval_s:
+            raise ValueError("early_flush_s must not exceed flush_interval_s")
+        return self
+
+    def flush_due(self, buffered: int, since_flush_s: float) -> bool:
+        """Whether the sink flushes now, with ``buffered`` rows and ``since_flush_s``
+        after its last flush: a full batch at once; at least ``early_flush_rows``
+        after ``early_flush_s``; anything after ``flush_interval_s``. Under
+        traffic an event waits about early_flush_s for its INSERT (the 1 s interval
+        alone was most of the freshness p95), in batches of at least
+        early_flush_rows rows, and a quiet stream is not written in slivers:
+        ClickHouse's guidance, at least ~1,000 rows per INSERT or about one INSERT
+        per second per table."""
+        if buffered >= self.batch_rows:
+            return True
+        if buffered >= self.early_flush_rows and since_flush_s >= self.early_flush_s:
+            return True
+        return buffered > 0 and since_flush_s >= self.flush_interval_s
 
 
 class MetricsSettings(BaseModel):

@@ -77,7 +77,7 @@ class SinkRunner:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3),
             max_poll_interval_ms=max(60_000, kafka.session_timeout_ms * 6),
-            **kafka.security_kwargs(),
+            **kafka.consumer_kwargs(),
         )
 
     async def run(self) -> None:
@@ -85,17 +85,16 @@ class SinkRunner:
         consumer.subscribe(self.topics, listener=_FlushOnRevoke(self))
         await consumer.start()
         await asyncio.to_thread(self.sink.setup)
-        batch_rows = self.settings.sink.batch_rows
-        interval = self.settings.sink.flush_interval_s
+        sink = self.settings.sink
         try:
             while not self._stopping.is_set():
-                room = max(1, batch_rows - self.sink.buffered)
+                room = max(1, sink.batch_rows - self.sink.buffered)
                 self._add(await consumer.getmany(timeout_ms=100, max_records=min(room, 20_000)))
                 await self._measure_lag(consumer)
-                due = time.monotonic() - self._last_flush >= interval
-                if self.sink.buffered >= batch_rows or (due and self.sink.buffered):
+                since = time.monotonic() - self._last_flush
+                if sink.flush_due(self.sink.buffered, since):
                     await self.flush_and_commit()
-                elif due:
+                elif since >= sink.flush_interval_s:
                     self._last_flush = time.monotonic()
             await self.flush_and_commit()
         finally:

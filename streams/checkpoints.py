@@ -25,7 +25,7 @@ def standalone_consumer(settings: Settings, purpose: str) -> AIOKafkaConsumer:
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **kafka.security_kwargs(),
+        **kafka.consumer_kwargs(),
     )
 
 

@@ -207,7 +207,7 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=min(3000, kafka.session_timeout_ms // 3),
             max_partition_fetch_bytes=max(1_048_576, streams.max_event_bytes * 2),
-            **kafka.security_kwargs(),
+            **kafka.consumer_kwargs(),
         )
         await consumer.start()
         consumer.subscribe(self._topics, listener=self)

@@ -782,7 +782,7 @@ class Bench:
             client_id="touchstream-bench-alerts",
             group_id=None,
             enable_auto_commit=False,
-            **kafka.security_kwargs(),
+            **kafka.consumer_kwargs(),
         )
         await consumer.start()
         try:

@@ -29,7 +29,7 @@ async def consume(records: int, timeout_s: float) -> dict[str, Any]:
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        **kafka.security_kwargs(),
+        **kafka.consumer_kwargs(),
     )
     started = time.perf_counter()
     await consumer.start()

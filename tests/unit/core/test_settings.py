@@ -45,6 +45,11 @@ def test_nested_environment_switches_to_real_services() -> None:
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kwargs["sasl_plain_password"] == "kafka-secret"
     assert kwargs["ssl_context"] is not None
+    # Every consumer gets the same security, and how long its fetches may wait.
+    consumer = settings.kafka.consumer_kwargs()
+    assert consumer["fetch_max_wait_ms"] == 100
+    assert consumer["sasl_plain_password"] == "kafka-secret"
+    assert consumer["ssl_context"] is not None
 
 
 def test_secrets_are_hidden_in_dumps_and_repr() -> None:
@@ -113,6 +118,10 @@ def test_settings_are_frozen() -> None:
             },
             "alert_retention_s must exceed allowed_lateness_s",
         ),
+        (
+            {"TOUCHSTREAM_SINK__EARLY_FLUSH_S": "2", "TOUCHSTREAM_SINK__FLUSH_INTERVAL_S": "1"},
+            "early_flush_s must not exceed flush_interval_s",
+        ),
         ({"TOUCHSTREAM_KAFKA__BOOTSTRAP_SERVER": "typo:9092"}, "unknown setting"),
         ({"TOUCHSTREAM_LOGLEVEL": "DEBUG"}, "TOUCHSTREAM_LOGLEVEL"),
     ],
@@ -134,3 +143,22 @@ def test_every_setting_has_a_variable() -> None:
 def test_a_linger_longer_than_the_delivery_timeout_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="delivery_timeout_ms"):
         load_settings({"TOUCHSTREAM_KAFKA__LINGER_MS": "40000"})
+
+
+@pytest.mark.parametrize(
+    ("buffered", "since_s", "due"),
+    [
+        (0, 5.0, False),  # nothing to write
+        (1, 0.99, False),  # a sliver waits for the interval...
+        (1, 1.0, True),  # ...and goes then
+        (999, 0.5, False),  # under early_flush_rows: the interval
+        (1000, 0.24, False),  # enough rows, not early_flush_s yet
+        (1000, 0.25, True),  # both
+        (50_000, 0.0, True),  # a full batch goes at once
+    ],
+)
+def test_the_sink_flushes_a_full_batch_enough_rows_early_or_anything_after_the_interval(
+    buffered: int, since_s: float, due: bool
+) -> None:
+    sink = load_settings({}).sink  # batch 50,000; early 1,000 rows after 0.25 s; 1 s
+    assert sink.flush_due(buffered, since_s) is due
