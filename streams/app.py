@@ -257,16 +257,21 @@ def create_app(
             value = orjson.dumps(chunk)
             await outputs.send(outcome_events_name, value, key=BUNDLE_KEY, partition=partition)
 
-    async def send_checkpoints(states: Any, sources: Iterable[str], topic: str) -> None:
+    async def send_checkpoints(
+        states: Any, sources: Iterable[str], topic: str, flush: bool = True
+    ) -> None:
         """After a batch's outputs are flushed: the checkpoint of each of its
-        partitions ("topic:partition") to the same partition of ``topic``, flushed."""
+        partitions ("topic:partition") to the same partition of ``topic``, flushed
+        unless ``flush`` is false (then the next flush acknowledges it: the stage's
+        next batch, or its intake's ``settle`` before the partitions go)."""
         for source in sorted(sources):
             partition = int(source.rsplit(":", 1)[1])
             await outputs.send_many(
                 topic,
                 ((key.encode(), value, partition) for key, value in states[source].checkpoint()),
             )
-        await outputs.flush()
+        if flush:
+            await outputs.flush()
 
     pii = Pseudonymiser(settings.pii_key_bytes())
     outcome_topics = {settings.topic("clickstream"), settings.topic("orders")}
@@ -431,8 +436,15 @@ def create_app(
             await send_outcome_bundle(partition, body)
         await send_contributions(result.contributions)
         await outputs.flush()
+        # In flight while the next batch is fetched: ingest's cycle is the latency of
+        # every event and alert, and a broker round trip was a quarter of it. A
+        # checkpoint lost with the worker only means its batch is read again
+        # (replays are skipped downstream by their source offsets).
         await send_checkpoints(
-            intake.states, {f"{m.topic}:{m.partition}" for m in batch.messages}, ingest_state_name
+            intake.states,
+            {f"{m.topic}:{m.partition}" for m in batch.messages},
+            ingest_state_name,
+            flush=False,
         )
         metrics.observe_batch(batch.kafka_timestamps, result.events, now)
         metrics.batch_size.observe(len(messages))
@@ -451,6 +463,7 @@ def create_app(
         event_time=lambda state: state.max_event_time,
         turns=turns,
         first=True,
+        settle=outputs.flush,
     )
 
     def restore_kpis(tp: Any, records: dict[str, bytes | None]) -> KpiPartition:

@@ -135,7 +135,9 @@ def source_of(tp: TopicPartition) -> str:
 class Intake(ConsumerRebalanceListener, Generic[State]):
     """Batches of messages, in offset order per partition, each handed to
     ``handler`` (which flushes its outputs and checkpoints ``states``) under the
-    lock that a rebalance waits for.
+    lock that a rebalance waits for. A handler that leaves its checkpoint in
+    flight (ingest: the next batch's flush or ``settle`` acknowledges it) passes
+    ``settle``, awaited before partitions are given away and at stop.
 
     ``states`` is keyed by ``topic:partition``; a partition's checkpoint records are
     in the same partition of ``state_topic``."""
@@ -151,6 +153,7 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         event_time: Callable[[State], float] | None = None,
         turns: Turns | None = None,
         first: bool = False,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``event_time``: a partition's latest event time, to keep partitions
         within ``streams.max_source_skew_s`` of each other (:func:`ahead`).
@@ -164,12 +167,14 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         self._purpose = purpose
         self._topics = sorted(topics)
         self._handler = handler
+        self._settle = settle
         self._state_topic = state_topic
         self._restore_state = restore
         self.states: dict[str, State] = {}
         self.lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self._committing: asyncio.Future[None] | None = None  # the last batch's commit
         # Partitions assigned and not revoked since: what this worker may act on.
         self.owned: set[TopicPartition] = set()
 
@@ -218,13 +223,24 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             async with self.lock:  # the batch at hand finishes and is checkpointed
-                await consumer.stop()  # leaves the group: the others take over at once
+                try:
+                    if self._committing is not None:
+                        await self._committing
+                    if self._settle is not None:
+                        await self._settle()
+                finally:
+                    await consumer.stop()  # leaves the group: the others take over at once
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # The batch at hand is finished (outputs flushed, checkpointed) before the
         # partitions go to another worker.
         async with self.lock:
             self.owned.difference_update(revoked)
+            if self._settle is not None and revoked:
+                try:
+                    await self._settle()
+                except Exception:  # noqa: BLE001 - the next batch's flush raises it again
+                    log.exception("%s: settling before the rebalance failed", self._purpose)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.lock:
@@ -350,8 +366,14 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
                     if self.states[source_of(tp)].next_offset
                 }
             # Outside the lock: a commit can wait on a rebalance, and the rebalance
-            # waits on this lock (on_partitions_revoked).
-            try:
-                await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
-            except (KafkaError, TimeoutError) as exc:  # a rebalance: the checkpoints rule
-                log.info("%s intake: commit skipped (%r)", self._purpose, exc)
+            # waits on this lock (on_partitions_revoked). Not awaited before the next
+            # fetch either (a broker round trip of every batch's cycle); one at a time.
+            if self._committing is not None:
+                await self._committing
+            self._committing = asyncio.ensure_future(self._commit(consumer, offsets))
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:  # a rebalance: the checkpoints rule
+            log.info("%s intake: commit skipped (%r)", self._purpose, exc)

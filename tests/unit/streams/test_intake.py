@@ -202,3 +202,95 @@ def test_a_stopping_stage_does_not_wait_for_its_turn() -> None:
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 1.0
+
+
+# --- the cycle: commits in flight, settling before partitions go ---------------------
+
+
+class SlowCommits(FakeConsumer):
+    """Commits that take ``commit_s`` each: when each began and ended, and when
+    each batch was fetched."""
+
+    def __init__(self, tp: TopicPartition, batches: list[int], commit_s: float) -> None:
+        super().__init__(tp, batches, highwater=sum(batches))
+        self.commit_s = commit_s
+        self.commits: list[tuple[float, float, Any]] = []
+        self.fetched_at: list[float] = []
+        self.stopped = False
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Fetched]]:
+        fetched = await super().getmany(timeout_ms, max_records)
+        if fetched:
+            self.fetched_at.append(time.monotonic())
+        return fetched
+
+    async def commit(self, offsets: Any) -> None:
+        began = time.monotonic()
+        await asyncio.sleep(self.commit_s)
+        self.commits.append((began, time.monotonic(), dict(offsets)))
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def test_the_next_batch_is_fetched_while_the_last_commit_is_under_way(
+    make_settings: SettingsFactory,
+) -> None:
+    consumer = SlowCommits(TopicPartition("raw", 0), [5, 5, 5], commit_s=0.05)
+    settings = make_settings(streams={"batch_size": 10})
+    log: list[tuple[str, int, float]] = []
+
+    async def scenario() -> Intake[Offset]:
+        intake = stage("ingest", consumer, Turns(0, 1), True, log, settings)
+        task = asyncio.create_task(intake.run())
+        await asyncio.sleep(0.5)
+        await intake.stop()
+        await task
+        return intake
+
+    asyncio.run(scenario())
+    assert [n for _, n, _ in log] == [5, 5, 5]
+    # Batch k+1 was fetched before batch k's commit came back: not a round trip more.
+    for (_, ended, _), fetched in zip(consumer.commits, consumer.fetched_at[1:], strict=False):
+        assert fetched < ended
+    # One commit at a time, in order, the last one finished before the consumer stopped.
+    assert [offsets for _, _, offsets in consumer.commits] == [
+        {consumer.tp: 5},
+        {consumer.tp: 10},
+        {consumer.tp: 15},
+    ]
+    for (_, ended, _), (began, _, _) in zip(consumer.commits, consumer.commits[1:], strict=False):
+        assert began >= ended
+    assert consumer.stopped
+
+
+def test_settle_runs_before_partitions_are_given_away_and_at_stop(
+    make_settings: SettingsFactory,
+) -> None:
+    consumer = SlowCommits(TopicPartition("raw", 0), [], commit_s=0)
+    settled: list[set[TopicPartition]] = []
+
+    async def scenario() -> None:
+        intake: Intake[Offset]
+
+        async def settle() -> None:
+            settled.append(set(intake.owned))
+
+        intake = Intake(
+            make_settings(),
+            "ingest",
+            ["raw"],
+            lambda batch: asyncio.sleep(0),
+            "state",
+            lambda tp, r: Offset(),
+            settle=settle,
+        )
+        intake._consumer = consumer
+        intake.owned = {consumer.tp}
+        await intake.on_partitions_revoked([])  # nothing goes: nothing to settle
+        await intake.on_partitions_revoked([consumer.tp])
+        await intake.stop()
+
+    asyncio.run(scenario())
+    assert settled == [set(), set()]  # after the revocation, and at stop
+    assert consumer.stopped
