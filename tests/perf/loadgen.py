@@ -38,7 +38,7 @@ from touchstream.producers.simulator import SimulationConfig, Simulator, encode,
 from touchstream.schemas.events import family
 from touchstream.schemas.records import alert_id_for
 from touchstream.settings import Settings, load_settings
-from touchstream.streams.outputs import fast_lz4
+from touchstream.streams.outputs import fast_lz4, partition_of
 
 SCORE_KPIS = {"nps_response": "nps", "csat_response": "csat", "ces_response": "ces"}
 EVENTS_PER_CUSTOMER = 24.0  # the simulator's average (measured: ~24.9), to size a run
@@ -92,24 +92,52 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+async def send_batched(
+    producer: AIOKafkaProducer, topics: dict[str, str], partitions: int, records: list[Wire]
+) -> list[asyncio.Future[Any]]:
+    """Queue ``records`` as one record batch per (topic, partition), the partition
+    the default partitioner would pick for the key; returns the delivery futures.
+    A ``producer.send`` per record cost the steady load ~75 µs per event (0.75 of
+    a core at 10k events/s, taken from the pipeline it measures on 2 cores)."""
+    by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+    for fam, key, value in records:
+        by_partition.setdefault((topics[fam], partition_of(key, partitions)), []).append(
+            (key, value)
+        )
+    sent = []
+    for (topic, partition), items in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(timestamp=None, key=key, value=value) is None:
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value)
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+    return sent
+
+
+def raw_topics(settings: Settings) -> dict[str, str]:
+    return {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
+
+
 async def send_all(
     settings: Settings, wire: list[Wire], placeholder: bool, chunk: int = 5000
 ) -> float:
     """Send everything as fast as the producer goes; returns seconds. With
     ``placeholder``, occurred_at is stamped per chunk with the time of sending."""
-    topics = {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
+    topics = raw_topics(settings)
     producer = producer_for(settings)
     await producer.start()
     started = time.perf_counter()
     try:
         for n in range(0, len(wire), chunk):
-            now = stamp(time.time())
-            pending = []
-            for fam, key, value in wire[n : n + chunk]:
-                if placeholder:
-                    value = value.replace(PLACEHOLDER.encode(), now, 1)
-                pending.append(await producer.send(topics[fam], value, key=key))
-            await asyncio.gather(*pending)
+            records = wire[n : n + chunk]
+            if placeholder:
+                now = stamp(time.time())
+                records = [(f, k, v.replace(PLACEHOLDER.encode(), now, 1)) for f, k, v in records]
+            await asyncio.gather(
+                *await send_batched(producer, topics, settings.kafka.partitions, records)
+            )
             say(stage="send", done=min(n + chunk, len(wire)), total=len(wire))
         await producer.flush()
     finally:
@@ -195,8 +223,10 @@ def steady_load(events: int, seed: int, prefix: str, probe_every: int) -> Steady
 async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[str, Any]:
     """``rate`` events/s in 10 ms slices, each slice stamped with its sending time
     (occurred_at, to the millisecond); returns when each probe and alert-raising
-    response was stamped."""
-    topics = {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
+    response was stamped. The stamped slices queue for a sender task, which sends
+    what has queued as record batches: a partition's next batch waits until the
+    producer has taken its last one, and that wait must not hold the schedule."""
+    topics = raw_topics(settings)
     per_slice = max(1, rate // 100)
     producer = producer_for(settings)
     await producer.start()
@@ -204,6 +234,23 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
     wire = load.wire
     stamped: dict[str, float] = {}  # probe identity or alert id → occurred_at
     behind = 0.0  # how late the slowest slice left, against its schedule
+    queued: list[Wire] = []
+    more = asyncio.Event()
+    done = False
+
+    async def sender() -> list[asyncio.Future[Any]]:
+        sent: list[asyncio.Future[Any]] = []
+        while queued or not done:
+            if not queued:
+                more.clear()
+                await more.wait()
+                continue
+            records = queued[:]
+            del queued[:]
+            sent += await send_batched(producer, topics, settings.kafka.partitions, records)
+        return sent
+
+    sending = asyncio.create_task(sender())
     try:
         started = time.perf_counter()
         for n in range(0, len(wire), per_slice):
@@ -216,15 +263,21 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
             now = stamp(at)
             for i in range(n, min(n + per_slice, len(wire))):
                 fam, key, value = wire[i]
-                await producer.send(topics[fam], value.replace(placeholder, now, 1), key=key)
+                queued.append((fam, key, value.replace(placeholder, now, 1)))
                 for marks in (load.probes, load.alerts):
                     if i in marks:
                         stamped[marks[i]] = at
+            more.set()
+            if sending.done():  # it failed: say why now
+                await sending
             if n % (per_slice * 100) == 0:
                 say(stage="steady", done=n, total=len(wire))
-        await producer.flush()
+        done = True
+        more.set()
+        await asyncio.gather(*await sending)  # a batch not delivered fails the run
         elapsed = time.perf_counter() - started
     finally:
+        sending.cancel()
         await producer.stop()
     say(stage="steady", done=len(wire), total=len(wire))
     return {
