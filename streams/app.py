@@ -58,7 +58,7 @@ from touchstream.streams.customers import (
 )
 from touchstream.streams.eventtime import SourceState
 from touchstream.streams.ingest import forwarded, ingest
-from touchstream.streams.intake import Batch, Intake, Turns, source_of
+from touchstream.streams.intake import Batch, Intake, Pacer, Turns, source_of
 from touchstream.streams.kpis import Contribution
 from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import (
@@ -496,9 +496,11 @@ def create_app(
         in memory at once)."""
         parts = stage.states
         messages = batch.messages
+        pacer = Pacer()
         for start in range(0, len(messages), STAGE_CHUNK):
             handled: set[str] = set()
             for message in messages[start : start + STAGE_CHUNK]:
+                await pacer.pace()
                 source = f"{message.topic}:{message.partition}"
                 part = parts[source]
                 if message.offset < part.next_offset:
@@ -764,6 +766,7 @@ def create_app(
 
     async def emit_kpis() -> None:
         updates = []
+        pacer = Pacer()
         # Under the KPI stage's lock: between batches, so what goes out is
         # checkpointed (a successor never emits a window older than this).
         async with kpi_intake.lock:
@@ -800,6 +803,7 @@ def create_app(
                 aggregator = owner.aggregator
                 with aggregator.reading():  # each bucket and stock level read once per pass
                     for group, window in sorted(aggregator.windows_of(changed)):
+                        await pacer.pace()
                         update = aggregator.update(group, window, version, now)
                         if update.counts:
                             updates.append((update, window))
@@ -809,6 +813,7 @@ def create_app(
         if updates:
             records: list[Record] = []
             for update, window in updates:
+                await pacer.pace()
                 key = f"{update.key}|{window.start}".encode()
                 records.append(
                     (key, update.model_dump_json().encode(), partition_of(key, kafka.partitions))

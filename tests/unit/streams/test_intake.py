@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from tests.conftest import SettingsFactory
-from touchstream.streams.intake import Batch, Intake, Turns, ahead, source_of
+from touchstream.streams.intake import Batch, Intake, Pacer, Turns, ahead, source_of
 
 CLICKS = [TopicPartition("clickstream", p) for p in range(3)]
 ORDERS = TopicPartition("orders", 0)
@@ -294,3 +294,32 @@ def test_settle_runs_before_partitions_are_given_away_and_at_stop(
     asyncio.run(scenario())
     assert settled == [set(), set()]  # after the revocation, and at stop
     assert consumer.stopped
+
+
+def test_a_long_stretch_of_work_lets_another_stage_run_every_slice() -> None:
+    async def scenario(paced: bool) -> float:
+        """How long a stage whose fetch came back waited behind 0.2 s of another
+        stage's work in 2 ms steps."""
+        fetched = asyncio.Event()
+        woke_at: list[float] = []
+
+        async def other_stage() -> None:
+            await fetched.wait()
+            woke_at.append(time.perf_counter())
+
+        waiting = asyncio.create_task(other_stage())
+        await asyncio.sleep(0)  # it waits for its fetch
+        pacer = Pacer(slice_s=0.02)
+        fetched.set()
+        ready_at = time.perf_counter()
+        for _ in range(100):
+            if paced:
+                await pacer.pace()
+            busy_until = time.perf_counter() + 0.002
+            while time.perf_counter() < busy_until:
+                pass
+        await waiting
+        return woke_at[0] - ready_at
+
+    assert asyncio.run(scenario(paced=False)) > 0.15  # behind the whole batch
+    assert asyncio.run(scenario(paced=True)) < 0.06  # about one slice
