@@ -85,6 +85,27 @@ def partition_of(key: bytes, partitions: int) -> int:
 Record = tuple[bytes | None, bytes | None, int]  # key, value, partition
 
 
+async def send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    items: Iterable[tuple[bytes | None, bytes | None]],
+) -> list[asyncio.Future[object]]:
+    """Queue (key, value) records to one partition, in order, as record batches of
+    at most the producer's batch size (a record larger than that goes in a batch
+    of its own, as with ``producer.send``); returns the batches' delivery futures.
+    A batch waits for the partition's previous one to leave the producer."""
+    sent = []
+    batch = producer.create_batch()
+    for key, value in items:
+        if batch.append(timestamp=None, key=key, value=value) is None:
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value)  # first always fits
+    sent.append(await producer.send_batch(batch, topic, partition=partition))
+    return sent
+
+
 class Outputs:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -148,19 +169,8 @@ class Outputs:
             return
         producer = await self._started()
         for partition, items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(timestamp=None, key=key, value=value) is None:
-                    await self._send_batch(producer, batch, topic, partition)
-                    batch = producer.create_batch()
-                    batch.append(timestamp=None, key=key, value=value)  # first always fits
-            await self._send_batch(producer, batch, topic, partition)
-
-    async def _send_batch(
-        self, producer: AIOKafkaProducer, batch: object, topic: str, partition: int
-    ) -> None:
-        delivered = await producer.send_batch(batch, topic, partition=partition)
-        self._pending.append((topic, delivered))
+            for delivered in await send_batches(producer, topic, partition, items):
+                self._pending.append((topic, delivered))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is acknowledged by the broker;

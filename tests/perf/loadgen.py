@@ -38,7 +38,7 @@ from touchstream.producers.simulator import SimulationConfig, Simulator, encode,
 from touchstream.schemas.events import family
 from touchstream.schemas.records import alert_id_for
 from touchstream.settings import Settings, load_settings
-from touchstream.streams.outputs import fast_lz4, partition_of
+from touchstream.streams.outputs import fast_lz4, partition_of, send_batches
 
 SCORE_KPIS = {"nps_response": "nps", "csat_response": "csat", "ces_response": "ces"}
 EVENTS_PER_CUSTOMER = 24.0  # the simulator's average (measured: ~24.9), to size a run
@@ -106,13 +106,7 @@ async def send_batched(
         )
     sent = []
     for (topic, partition), items in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in items:
-            if batch.append(timestamp=None, key=key, value=value) is None:
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(timestamp=None, key=key, value=value)
-        sent.append(await producer.send_batch(batch, topic, partition=partition))
+        sent += await send_batches(producer, topic, partition, items)
     return sent
 
 
