@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import aiokafka.record._crecords.default_records as _c_records
 import aiokafka.record.default_records as _py_records
@@ -90,20 +90,19 @@ async def send_batches(
     topic: str,
     partition: int,
     items: Iterable[tuple[bytes | None, bytes | None]],
-) -> list[asyncio.Future[object]]:
+) -> AsyncIterator[asyncio.Future[object]]:
     """Queue (key, value) records to one partition, in order, as record batches of
     at most the producer's batch size (a record larger than that goes in a batch
-    of its own, as with ``producer.send``); returns the batches' delivery futures.
-    A batch waits for the partition's previous one to leave the producer."""
-    sent = []
+    of its own, as with ``producer.send``); yields each batch's delivery future as
+    soon as it is queued. A batch waits for the partition's previous one to leave
+    the producer."""
     batch = producer.create_batch()
     for key, value in items:
         if batch.append(timestamp=None, key=key, value=value) is None:
-            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            yield await producer.send_batch(batch, topic, partition=partition)
             batch = producer.create_batch()
             batch.append(timestamp=None, key=key, value=value)  # first always fits
-    sent.append(await producer.send_batch(batch, topic, partition=partition))
-    return sent
+    yield await producer.send_batch(batch, topic, partition=partition)
 
 
 class Outputs:
@@ -169,7 +168,9 @@ class Outputs:
             return
         producer = await self._started()
         for partition, items in by_partition.items():
-            for delivered in await send_batches(producer, topic, partition, items):
+            # Each batch's delivery is watched from the moment it is queued (a
+            # flush by another stage meanwhile checks it too).
+            async for delivered in send_batches(producer, topic, partition, items):
                 self._pending.append((topic, delivered))
 
     async def flush(self) -> None:

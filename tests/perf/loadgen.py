@@ -106,7 +106,7 @@ async def send_batched(
         )
     sent = []
     for (topic, partition), items in by_partition.items():
-        sent += await send_batches(producer, topic, partition, items)
+        sent += [delivered async for delivered in send_batches(producer, topic, partition, items)]
     return sent
 
 
