@@ -6,6 +6,9 @@ Phases, each against the same freshly started local broker and a temporary data 
 1. preload: N simulated events (6 h of storefront traffic ending now) into the raw
    topics, by a child process (tests/perf/loadgen.py), timed;
 2. ceiling: plain aiokafka consume + json.loads of the N raw messages (child);
+   floor: the contract's path alone (tests/perf/floor.py: validate, forward to the
+   events topic, the real sink into ClickHouse) on the same topics, timed from
+   start until every event is in its own `events` table;
 3. baseline: a naive Faust agent, one event at a time, one synchronous INSERT per
    row into its own embedded ClickHouse (tests/perf/naive_worker.py), on the same
    topics, for at most --naive-seconds (its rate is its steady rate, first row to
@@ -66,7 +69,7 @@ from rich.progress import (
 from rich.table import Table
 
 from touchstream.kafka_admin import ensure_topics
-from touchstream.localbroker import LocalBroker, free_port
+from touchstream.localbroker import LocalBroker, die_with_parent, free_port
 from touchstream.runtime import tune_gc
 from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
@@ -91,6 +94,8 @@ DRAINED_TOPICS = ("kpi_contributions", "outcome_events")
 # scrape of the worker's /metrics (the supervisor fetches and merges each process's);
 # read every 0.25 s they took ~0.3 of the 2 cores from the KPI tail they wait for.
 LAG_READ_S = 1.0
+# The floor's own topics for what the sink reads (the raw ones are the drain's).
+FLOOR_OUTPUTS = ("events", "kpis", "dead_letters", "alerts")
 TARGETS = {  # issue 9; never lowered here
     "drain_eps": 100_000,
     "drain_vs_naive": 5.0,
@@ -157,7 +162,7 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-PHASES = ("ceiling", "naive", "drain", "freshness", "memory", "http")
+PHASES = ("ceiling", "floor", "naive", "drain", "freshness", "memory", "http")
 
 
 @dataclass
@@ -246,6 +251,24 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 # -- the run ----------------------------------------------------------------------------
+
+
+class FloorStack(Stack):
+    """The local stack with the floor's forwarder (tests/perf/floor.py) in the stream
+    worker's place: as many processes, one consumer group, the same sink."""
+
+    def spawn_worker(self, log_name: str = "worker.log") -> subprocess.Popen[bytes]:
+        processes = worker_processes(self.settings)
+        with open(self.logs / "floor.log", "ab") as log:
+            return subprocess.Popen(  # noqa: S603 - our interpreter and module
+                [sys.executable, "-m", "tests.perf.floor", "--processes", str(processes)],
+                env=child_env(self.settings),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
 
 
 @dataclass
@@ -352,30 +375,36 @@ class Bench:
         self.settings.ensure_local_pii_key()
         await ensure_topics(self.settings)
 
-    def pipeline_settings(self, tag: str) -> Settings:
+    def pipeline_settings(
+        self, tag: str, prefix_tag: str | None = None, topics: dict[str, str] | None = None
+    ) -> Settings:
         """Each phase runs its own pipeline: its own topics, groups and database (one
-        engine directory: chDB allows one per process), on the one broker."""
+        engine directory: chDB allows one per process), on the one broker. The floor
+        reads the drain's topics (``prefix_tag``) and writes its own (``topics``)."""
 
         settings = load_settings(
             {},
             data_dir=str(self.data_dir),
-            kafka={"topic_prefix": f"b{self.uid}{tag}."},
+            kafka={"topic_prefix": f"b{self.uid}{prefix_tag or tag}."},
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
             # The worker's /metrics on a port of its own: the drain reads its lags.
             metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
             streams={"app_id": f"bench-{self.uid}-{tag}", "processes": self.o.processes},
             sink={"group_id": f"bench-sink-{self.uid}-{tag}"},
+            topics=topics or {},
         ).with_bootstrap(self.bootstrap)  # the local broker, as the local stack uses it
         self.figures["worker_processes"] = worker_processes(settings)
         return settings
 
     @contextlib.asynccontextmanager
-    async def pipeline(self, tag: str, start: bool = True) -> AsyncIterator[tuple[Stack, Any]]:
+    async def pipeline(
+        self, tag: str, start: bool = True, settings: Settings | None = None, floor: bool = False
+    ) -> AsyncIterator[tuple[Stack, Any]]:
         """A stack for one phase (started, unless the phase times its start) and a
         client of its engine; on the way out its worker's peak RSS is kept, and it is
-        stopped."""
-        self.settings = self.pipeline_settings(tag)
-        stack = Stack(self.settings)
+        stopped. With ``floor``, the floor's forwarder runs in the worker's place."""
+        self.settings = settings or self.pipeline_settings(tag)
+        stack = FloorStack(self.settings) if floor else Stack(self.settings)
         client = None
         try:
             if start:
@@ -383,7 +412,7 @@ class Bench:
                 tune_gc()  # as `touchstream up` does: the sink runs in this process
             client = await asyncio.to_thread(connect, self.settings)
             yield stack, client
-            if stack.worker is not None:
+            if stack.worker is not None and not floor:  # the floor's is not the worker's
                 peak = worker_peak_rss_mb(stack.worker.pid) or 0.0
                 self.worker_peaks[tag] = peak
         finally:
@@ -422,6 +451,56 @@ class Bench:
             raise RuntimeError(f"the raw consumer read {result['records']} of {self.o.events}")
         self.figures.update(raw_eps=result["eps"], raw_seconds=result["seconds"])
         self.note("ceiling", "raw_eps", "raw_seconds")
+
+    async def floor(self, stack: Stack, client: Any) -> None:
+        """The contract's path alone (tests/perf/floor.py), from start until every
+        preloaded event is in the floor's `events` table: against the raw ceiling,
+        what validating, forwarding and storing cost here before any stream logic;
+        against the drain, what the stream logic costs."""
+        n = self.o.events
+        db = self.s.clickhouse.database
+        task = self.task(f"floor: {n:,} events validated, forwarded, in ClickHouse", n)
+        started = time.perf_counter()
+        await stack.start()
+        tune_gc()  # as for the drain: the sink runs in this process
+        assert stack.worker is not None
+        watch = Watch(
+            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
+        )
+        count = first_count = 0
+        first_at = None
+        cpu0 = watch.cpu()
+        while count < n and time.perf_counter() - started < self.o.drain_budget:
+            stack.check()
+            await asyncio.sleep(0.25)
+            count = await asyncio.to_thread(_count, client, db)
+            self.progress.update(task, completed=count)
+            if count and first_at is None:  # from here on, as the drain's steady rate
+                first_at, first_count, cpu0 = time.perf_counter(), count, watch.cpu()
+        end = time.perf_counter()
+        cpu1 = watch.cpu()
+        busy = max(end - (first_at or started), 1e-9)
+        landed = count - first_count
+        cpu_us = {
+            name: (cpu1[name] - cpu0[name]) / max(landed, 1) * 1e6
+            for name in ("worker", "sink", "broker")
+        }
+        self.figures.update(
+            floor_complete=count >= n,
+            floor_eps=round(count / (end - started)),
+            floor_seconds=round(end - started, 1),
+            floor_steady_eps=round(landed / busy),
+            floor_worker_cpu_cores=round((cpu1["worker"] - cpu0["worker"]) / busy, 2),
+            floor_sink_cpu_cores=round((cpu1["sink"] - cpu0["sink"]) / busy, 2),
+            floor_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
+            # CPU per event of the three while events land; the cores over it is the
+            # most the contract's path alone can reach here, busy or not.
+            floor_cpu_us_per_event=round(sum(cpu_us.values()), 1),
+            floor_bound_eps=round((os.cpu_count() or 1) * 1e6 / max(sum(cpu_us.values()), 1e-9)),
+        )
+        self.note(
+            "floor", "floor_complete", "floor_eps", "floor_steady_eps", "floor_cpu_us_per_event"
+        )
 
     async def naive(self) -> None:
         report = self.data_dir / "naive.json"
@@ -564,6 +643,7 @@ class Bench:
             if spy is not None:
                 self._stop_profiler(spy)
         end = time.perf_counter()
+        cpu_end = watch.cpu()
         self.figures["drain_lag_timeline"] = lags
         complete = kpis_at is not None
         done = max(all_at or end, kpis_at or end)
@@ -583,6 +663,14 @@ class Bench:
             drain_worker_cpu_cores=round((cpu1["worker"] - cpu0["worker"]) / busy, 2),
             drain_sink_cpu_cores=round((cpu1["sink"] - cpu0["sink"]) / busy, 2),
             drain_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
+            # From the first event landed to the KPIs final (the tail's work included),
+            # against the floor's figure: what the stream logic costs per event.
+            drain_cpu_us_per_event=round(
+                sum(cpu_end[k] - cpu0[k] for k in ("worker", "sink", "broker"))
+                / max(landed_in_time, 1)
+                * 1e6,
+                1,
+            ),
             worker_rss_after_drain_mb=round(worker_rss_mb(stack.worker.pid) or 0),
             worker_peak_rss_drain_mb=round(worker_peak_rss_mb(stack.worker.pid) or 0),
             sink_peak_rss_drain_mb=round(watch.peak.get("sink", 0.0)),
@@ -609,6 +697,7 @@ class Bench:
             "drain_worker_cpu_cores",
             "drain_sink_cpu_cores",
             "drain_broker_cpu_cores",
+            "drain_cpu_us_per_event",
             "worker_peak_rss_drain_mb",
         )
 
@@ -890,6 +979,12 @@ class Bench:
             produced = await self.preload()
             if "ceiling" in self.o.phases:
                 await self.raw_ceiling()
+            if "floor" in self.o.phases:
+                # The drain's raw topics, the floor's own outputs, group and database.
+                floor_topics = {role: f"floor.{role}.v1" for role in FLOOR_OUTPUTS}
+                settings = self.pipeline_settings("l", prefix_tag="d", topics=floor_topics)
+                async with self.pipeline("l", False, settings, floor=True) as (stack, client):
+                    await self.floor(stack, client)
             if "naive" in self.o.phases:
                 await self.naive()
             if "drain" in self.o.phases:
@@ -947,7 +1042,7 @@ def _landed(client: Any, db: str, n: int) -> tuple[int, dict[str, int], dict[str
     by the daily windows, overall and summed over (channel, touchpoint), and
     checkout abandonment decided. (Not before: that query, with FINAL, ran every
     0.25 s in the sink's process and took ~14 % of its samples in a drain.)"""
-    count = client.query(f"SELECT count() FROM {db}.events").result_rows[0][0]  # noqa: S608 - our database name
+    count = _count(client, db)
     if count < n:
         return int(count), {}, {}
     rows = client.query(
@@ -959,6 +1054,11 @@ def _landed(client: Any, db: str, n: int) -> tuple[int, dict[str, int], dict[str
     overall = {str(k): int(v) for k, is_all, v in rows if is_all}
     per_group = {str(k): int(v) for k, is_all, v in rows if not is_all}
     return int(count), overall, per_group
+
+
+def _count(client: Any, db: str) -> int:
+    """Events in the database's ``events`` table."""
+    return int(client.query(f"SELECT count() FROM {db}.events").result_rows[0][0])  # noqa: S608 - our database name
 
 
 def _probes(client: Any, db: str, prefix: str, since: float) -> list[str]:
@@ -1051,6 +1151,11 @@ def verdicts(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if drain and raw:
         ratio = drain / raw
         out.append(("drain ÷ raw ceiling", f"{ratio:.3f}", "≥ 0.333", ok(ratio >= 1 / 3)))
+    floor = f.get("floor_eps")
+    if floor and raw:
+        # Not a target: what the contract's path alone reaches of the ceiling here.
+        ratio = floor / raw
+        out.append(("floor ÷ raw ceiling (bound)", f"{ratio:.3f}", "≥ 0.333", ok(ratio >= 1 / 3)))
     for key, label, cut in (
         ("freshness_p95_s", "freshness p95", "freshness_censored"),
         ("alert_p95_s", "alert p95", "alerts_censored"),
@@ -1089,6 +1194,14 @@ FIGURE_LABELS = {
     "preload_generate_eps": "simulator, events/s generated",
     "preload_send_eps": "aiokafka producer, events/s sent",
     "raw_eps": "ceiling: aiokafka + json.loads, events/s",
+    "floor_eps": "floor: validate + forward + sink only, events/s",
+    "floor_seconds": "floor: seconds (start → all in ClickHouse)",
+    "floor_steady_eps": "floor: first → last event landed, events/s",
+    "floor_worker_cpu_cores": "floor: forwarder CPU, cores (while landing)",
+    "floor_sink_cpu_cores": "floor: sink process CPU, cores",
+    "floor_broker_cpu_cores": "floor: broker CPU, cores",
+    "floor_cpu_us_per_event": "floor: CPU µs per event (forwarder + sink + broker)",
+    "floor_bound_eps": "floor: all cores ÷ that CPU, events/s",
     "naive_eps": "baseline: naive agent row by row, events/s",
     "naive_rows": "baseline: rows written in its window",
     "drain_complete": "drain: complete within the budget",
@@ -1101,6 +1214,7 @@ FIGURE_LABELS = {
     "drain_worker_cpu_cores": "drain: worker CPU, cores",
     "drain_sink_cpu_cores": "drain: sink process CPU, cores",
     "drain_broker_cpu_cores": "drain: broker CPU, cores",
+    "drain_cpu_us_per_event": "drain: CPU µs per event (worker + sink + broker, to KPIs final)",
     "worker_main_thread_busy_ingest": "drain: worker main thread busy (py-spy)",
     "worker_main_thread_busy_late": "drain, later: worker main thread busy",
     "worker_main_thread_busy_tail": "drain, KPI tail: worker main thread busy",
