@@ -148,12 +148,17 @@ class KpiAggregator:
         if self.retention_s is None or not self.sources:
             return NO_TIME
         clock = clock_of(marks, self.sources)
-        return NO_TIME if clock is None else clock - self.retention_s
+        # Never behind what is final: the clock can step back (a source's idleness
+        # is timed afresh when its partition changes owner or gets data again), and
+        # a contribution folded then into a final window's bucket would change a
+        # window that is never emitted again, without a word. It is expired instead.
+        return max(NO_TIME if clock is None else clock - self.retention_s, self.final_before())
 
     def cutoff(self) -> float:
         """The clock minus the retention (-inf without a retention, or until every
-        source has reported): a contribution before it is dropped as expired, and
-        the next :meth:`evict` makes the windows that ended at or before it final."""
+        source has reported), but never before :meth:`final_before`: a contribution
+        before it is dropped as expired, and the next :meth:`evict` makes the windows
+        that ended at or before it final."""
         return self._cutoff
 
     def final_before(self) -> float:

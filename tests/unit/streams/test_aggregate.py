@@ -338,6 +338,30 @@ def test_a_contribution_older_than_the_cutoff_is_expired_and_changes_nothing() -
     assert all(agg.add(c) for c in recent)
 
 
+def test_the_cutoff_never_steps_back_behind_what_is_final() -> None:
+    # A source's idleness is timed afresh when its partition changes owner, so the
+    # clock can step back. A contribution between that lower cutoff and what is
+    # already final would change the bucket of final windows, never emitted again:
+    # it is expired instead, like any before the cutoff, also after a restore.
+    agg = retained()
+    for c in contributions("nps_response", "web", "delivery", T0 + 10, 10):
+        agg.add(c)
+    both_at(agg, T0 + 6 * 3600)
+    assert agg.evict() > 0 and agg.final_before() == T0 + 4 * 3600
+    agg.note_marks({"orders:0": mark(T0 + 3 * 3600)})  # the clock steps back 3 h
+    assert agg.cutoff() == agg.final_before()
+    before = dict(agg.store)
+    between = contributions("nps_response", "web", "delivery", T0 + 2 * 3600, 0)
+    assert all(agg.add(c) == [] for c in between)
+    assert agg.expired == len(between) and agg.store == before
+    assert retained(dict(agg.store)).cutoff() == T0 + 4 * 3600
+    # A source that has not reported yet leaves no clock: still nothing before it.
+    assert retained({"#evicted": {"at": T0}}).cutoff() == T0
+    # Past what is final, it counts as before.
+    after = contributions("nps_response", "web", "delivery", T0 + 4 * 3600 + 60, 0)
+    assert all(agg.add(c) for c in after)
+
+
 def test_a_late_stock_delta_goes_into_the_base_once_and_changes_every_window_still_out() -> None:
     agg = retained(with_daily=False)
     for contribution in day_of_traffic():
