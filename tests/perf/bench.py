@@ -75,7 +75,7 @@ from touchstream.runtime import tune_gc
 from touchstream.settings import Settings, load_settings
 from touchstream.sinks.client import connect
 from touchstream.stack import Stack
-from touchstream.streams.processes import worker_processes
+from touchstream.streams.processes import available_cpus, worker_processes
 
 RESULTS = Path("build/bench.json")
 # py-spy's raw (collapsed) stacks of the worker: when events start to land, from half
@@ -161,6 +161,13 @@ def cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per_event(before: dict[str, float], after: dict[str, float], events: int) -> float:
+    """CPU µs per event of the worker (or the floor's forwarder), the sink's process
+    and the broker together, between two :meth:`Watch.cpu` readings."""
+    spent = sum(after[name] - before[name] for name in ("worker", "sink", "broker"))
+    return spent / max(events, 1) * 1e6
 
 
 PHASES = ("ceiling", "floor", "naive", "drain", "freshness", "memory", "http")
@@ -482,10 +489,7 @@ class Bench:
         cpu1 = watch.cpu()
         busy = max(end - (first_at or started), 1e-9)
         landed = count - first_count
-        cpu_us = {
-            name: (cpu1[name] - cpu0[name]) / max(landed, 1) * 1e6
-            for name in ("worker", "sink", "broker")
-        }
+        cpu_us = cpu_us_per_event(cpu0, cpu1, landed)
         self.figures.update(
             floor_complete=count >= n,
             floor_eps=round(count / (end - started)),
@@ -496,8 +500,8 @@ class Bench:
             floor_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
             # CPU per event of the three while events land; the cores over it is the
             # most the contract's path alone can reach here, busy or not.
-            floor_cpu_us_per_event=round(sum(cpu_us.values()), 1),
-            floor_bound_eps=round((os.cpu_count() or 1) * 1e6 / max(sum(cpu_us.values()), 1e-9)),
+            floor_cpu_us_per_event=round(cpu_us, 1),
+            floor_bound_eps=round(available_cpus() * 1e6 / max(cpu_us, 1e-9)),
         )
         self.note(
             "floor", "floor_complete", "floor_eps", "floor_steady_eps", "floor_cpu_us_per_event"
@@ -666,12 +670,7 @@ class Bench:
             drain_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
             # From the first event landed to the KPIs final (the tail's work included),
             # against the floor's figure: what the stream logic costs per event.
-            drain_cpu_us_per_event=round(
-                sum(cpu_end[k] - cpu0[k] for k in ("worker", "sink", "broker"))
-                / max(landed_in_time, 1)
-                * 1e6,
-                1,
-            ),
+            drain_cpu_us_per_event=round(cpu_us_per_event(cpu0, cpu_end, landed_in_time), 1),
             worker_rss_after_drain_mb=round(worker_rss_mb(stack.worker.pid) or 0),
             worker_peak_rss_drain_mb=round(worker_peak_rss_mb(stack.worker.pid) or 0),
             sink_peak_rss_drain_mb=round(watch.peak.get("sink", 0.0)),
