@@ -69,6 +69,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tests.perf.chart import svg as cpu_chart
 from touchstream.kafka_admin import ensure_topics
 from touchstream.localbroker import LocalBroker, die_with_parent, free_port
 from touchstream.runtime import tune_gc
@@ -163,11 +164,15 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_us_per_event(before: dict[str, float], after: dict[str, float], events: int) -> float:
+def cpu_us_per_event(
+    before: dict[str, float], after: dict[str, float], events: int
+) -> dict[str, float]:
     """CPU µs per event of the worker (or the floor's forwarder), the sink's process
-    and the broker together, between two :meth:`Watch.cpu` readings."""
-    spent = sum(after[name] - before[name] for name in ("worker", "sink", "broker"))
-    return spent / max(events, 1) * 1e6
+    and the broker, between two :meth:`Watch.cpu` readings."""
+    return {
+        name: round((after[name] - before[name]) / max(events, 1) * 1e6, 1)
+        for name in ("worker", "sink", "broker")
+    }
 
 
 PHASES = ("ceiling", "floor", "naive", "drain", "freshness", "memory", "http")
@@ -490,6 +495,7 @@ class Bench:
         busy = max(end - (first_at or started), 1e-9)
         landed = count - first_count
         cpu_us = cpu_us_per_event(cpu0, cpu1, landed)
+        total_us = sum(cpu_us.values())
         self.figures.update(
             floor_complete=count >= n,
             floor_eps=round(count / (end - started)),
@@ -500,8 +506,9 @@ class Bench:
             floor_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
             # CPU per event of the three while events land; the cores over it is the
             # most the contract's path alone can reach here, busy or not.
-            floor_cpu_us_per_event=round(cpu_us, 1),
-            floor_bound_eps=round(available_cpus() * 1e6 / max(cpu_us, 1e-9)),
+            floor_cpu_us_per_event=round(total_us, 1),
+            floor_cpu_us=cpu_us,
+            floor_bound_eps=round(available_cpus() * 1e6 / max(total_us, 1e-9)),
         )
         self.note(
             "floor", "floor_complete", "floor_eps", "floor_steady_eps", "floor_cpu_us_per_event"
@@ -670,7 +677,8 @@ class Bench:
             drain_broker_cpu_cores=round((cpu1["broker"] - cpu0["broker"]) / busy, 2),
             # From the first event landed to the KPIs final (the tail's work included),
             # against the floor's figure: what the stream logic costs per event.
-            drain_cpu_us_per_event=round(cpu_us_per_event(cpu0, cpu_end, landed_in_time), 1),
+            drain_cpu_us=(drain_us := cpu_us_per_event(cpu0, cpu_end, landed_in_time)),
+            drain_cpu_us_per_event=round(sum(drain_us.values()), 1),
             worker_rss_after_drain_mb=round(worker_rss_mb(stack.worker.pid) or 0),
             worker_peak_rss_drain_mb=round(worker_peak_rss_mb(stack.worker.pid) or 0),
             sink_peak_rss_drain_mb=round(watch.peak.get("sink", 0.0)),
@@ -1381,7 +1389,9 @@ def main() -> None:
     report(console, figures, bench.profiles)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    console.print(f"written to {args.out}")
+    chart = args.out.with_name(f"{args.out.stem}-cpu.svg")
+    chart.write_text(cpu_chart(figures))
+    console.print(f"written to {args.out} and {chart} (CPU per event, a chart)")
 
 
 if __name__ == "__main__":
