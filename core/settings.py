@@ -497,6 +497,11 @@ class Settings(BaseSettings):
         """Full name (with prefix) of a topic by its field in :class:`Topics`."""
         return self.kafka.topic(getattr(self.topics, name))
 
+    def raw_topics(self) -> dict[str, str]:
+        """The three raw input topics (full names) by their field in :class:`Topics`,
+        which is also the event family (schemas.events.family) they carry."""
+        return {name: self.topic(name) for name in ("clickstream", "orders", "feedback")}
+
     def with_bootstrap(self, bootstrap_servers: str) -> Settings:
         """A copy pointed at the local broker once it is up, with its consumer session
         timeout (LOCAL_SESSION_TIMEOUT_MS) unless one is configured."""

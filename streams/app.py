@@ -184,7 +184,7 @@ def create_app(
         web_bind="127.0.0.1",
     )
 
-    raw_topics = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
+    raw_topics = list(settings.raw_topics().values())
     # Everything goes out through one batching producer.
     outputs = Outputs(settings)
     events_name, dead_letters_name = settings.topic("events"), settings.topic("dead_letters")

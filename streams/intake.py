@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -148,6 +148,25 @@ State = TypeVar("State", bound=PartitionState)
 Restore = Callable[[TopicPartition, dict[str, bytes | None]], State]
 
 
+def group_consumer_kwargs(settings: Settings) -> dict[str, Any]:
+    """A stage's consumer in its group, but for its group and client ids: offsets
+    committed by the stage after its checkpoint, from the earliest on a fresh group,
+    the group's session, fetches big enough for the largest event accepted, and
+    what every consumer of the pipeline shares (``KafkaSettings.consumer_kwargs``).
+    aiokafka's default assignor (range) puts partition i of every subscribed topic
+    in one consumer: one customer's clickstream, orders and feedback meet."""
+    kafka = settings.kafka
+    return {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": min(3000, kafka.session_timeout_ms // 3),
+        "max_partition_fetch_bytes": max(1_048_576, settings.streams.max_event_bytes * 2),
+        **kafka.consumer_kwargs(),
+    }
+
+
 def source_of(tp: TopicPartition) -> str:
     return f"{tp.topic}:{tp.partition}"
 
@@ -222,17 +241,10 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         return self._consumer.highwater(tp) if self._consumer is not None else None
 
     async def start(self) -> None:
-        kafka, streams = self._settings.kafka, self._settings.streams
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
             group_id=self.group_id,
-            client_id=f"{streams.app_id}-{self._purpose}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=min(3000, kafka.session_timeout_ms // 3),
-            max_partition_fetch_bytes=max(1_048_576, streams.max_event_bytes * 2),
-            **kafka.consumer_kwargs(),
+            client_id=f"{self._settings.streams.app_id}-{self._purpose}",
+            **group_consumer_kwargs(self._settings),
         )
         await consumer.start()
         consumer.subscribe(self._topics, listener=self)

@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from tests.perf.loadgen import raw_topics
 from touchstream.producers.emitter import Emitter
 from touchstream.producers.simulator import SimulationConfig, Simulator
 from touchstream.schemas import family
@@ -56,7 +55,7 @@ def produce(
     settings: Settings, events: list[tuple[str, bytes, bytes]], rate: int, sent: list[int]
 ) -> None:
     """Send at ``rate`` events/s in 10 ms slices."""
-    topics = raw_topics(settings)
+    topics = settings.raw_topics()
     per_slice = max(1, rate // 100)
     with Emitter(settings, client_id="bench") as emitter:
         started = time.perf_counter()

@@ -22,12 +22,12 @@ import signal
 import sys
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from touchstream.schemas.events import utcnow
 from touchstream.schemas.parse import Invalid, parse_event
 from touchstream.settings import Settings, load_settings
 from touchstream.streams.ingest import forwarded
+from touchstream.streams.intake import group_consumer_kwargs
 from touchstream.streams.outputs import Outputs
 from touchstream.streams.processes import supervise
 
@@ -40,22 +40,13 @@ class ForwardFailed(RuntimeError):
 async def forward(settings: Settings, stop: asyncio.Event) -> int:
     """Until ``stop``: raw batches validated and forwarded, flushed, then committed.
     Returns the events forwarded."""
-    kafka, streams = settings.kafka, settings.streams
-    raw = [settings.topic(name) for name in ("clickstream", "orders", "feedback")]
+    streams = settings.streams
+    # As the worker's ingest consumer: the same session, fetch sizes and assignment.
     consumer = AIOKafkaConsumer(
-        *raw,
-        bootstrap_servers=kafka.bootstrap_servers,
+        *settings.raw_topics().values(),
         client_id=f"{streams.app_id}-floor",
         group_id=f"{streams.app_id}.floor",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # As the worker's ingest (streams/intake.py): partition i of every raw topic
-        # in one process, the same session and fetch sizes.
-        partition_assignment_strategy=(RangePartitionAssignor,),
-        session_timeout_ms=kafka.session_timeout_ms,
-        heartbeat_interval_ms=min(3000, kafka.session_timeout_ms // 3),
-        max_partition_fetch_bytes=max(1_048_576, streams.max_event_bytes * 2),
-        **kafka.consumer_kwargs(),
+        **group_consumer_kwargs(settings),
     )
     outputs = Outputs(settings)
     events_topic = settings.topic("events")

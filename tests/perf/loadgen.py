@@ -110,16 +110,12 @@ async def send_batched(
     return sent
 
 
-def raw_topics(settings: Settings) -> dict[str, str]:
-    return {name: settings.topic(name) for name in ("clickstream", "orders", "feedback")}
-
-
 async def send_all(
     settings: Settings, wire: list[Wire], placeholder: bool, chunk: int = 5000
 ) -> float:
     """Send everything as fast as the producer goes; returns seconds. With
     ``placeholder``, occurred_at is stamped per chunk with the time of sending."""
-    topics = raw_topics(settings)
+    topics = settings.raw_topics()
     producer = producer_for(settings)
     await producer.start()
     started = time.perf_counter()
@@ -220,7 +216,7 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
     response was stamped. The stamped slices queue for a sender task, which sends
     what has queued as record batches: a partition's next batch waits until the
     producer has taken its last one, and that wait must not hold the schedule."""
-    topics = raw_topics(settings)
+    topics = settings.raw_topics()
     per_slice = max(1, rate // 100)
     producer = producer_for(settings)
     await producer.start()

@@ -35,8 +35,8 @@ async def consume(records: int, timeout_s: float) -> dict[str, Any]:
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(settings.topic(name), p)
-            for name in ("clickstream", "orders", "feedback")
+            TopicPartition(topic, p)
+            for topic in settings.raw_topics().values()
             for p in range(kafka.partitions)
         ]
         consumer.assign(partitions)

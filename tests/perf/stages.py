@@ -36,7 +36,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tests.offline import Offline, offline_app, timer
-from tests.perf.loadgen import raw_topics, simulated
+from tests.perf.loadgen import simulated
 from touchstream.producers.simulator import encode, key_of
 from touchstream.runtime import tune_gc
 from touchstream.schemas.events import family
@@ -106,7 +106,7 @@ async def run(
         for tick in progress_ticks:
             await tick()
 
-    topic_of = raw_topics(settings)
+    topic_of = settings.raw_topics()
     # The raw input in event-time order across topics and partitions, read in that
     # order: the worker's fetches interleave the partitions and hold back one that
     # runs ahead (max_source_skew_s); one topic or partition read to its end first

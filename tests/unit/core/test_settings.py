@@ -162,3 +162,14 @@ def test_the_sink_flushes_a_full_batch_enough_rows_early_or_anything_after_the_i
 ) -> None:
     sink = load_settings({}).sink  # batch 50,000; early 1,000 rows after 0.25 s; 1 s
     assert sink.flush_due(buffered, since_s) is due
+
+
+def test_raw_topics_are_the_three_input_families_with_the_prefix() -> None:
+    settings = load_settings(
+        {"TOUCHSTREAM_KAFKA__TOPIC_PREFIX": "acme.", "TOUCHSTREAM_TOPICS__ORDERS": "shop.orders"}
+    )
+    assert settings.raw_topics() == {
+        "clickstream": "acme.storefront.clickstream.v1",
+        "orders": "acme.shop.orders",
+        "feedback": "acme.cx.feedback.v1",
+    }
