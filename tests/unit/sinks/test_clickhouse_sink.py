@@ -255,6 +255,28 @@ def test_unmappable_records_become_dead_letters_not_losses(ch: Any, database: st
     assert registry.get_sample_value("touchstream_sink_rows_rejected_total", {"topic": "ev"}) == 1
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b'{"kpi": "nps", "version": 1', b'{"kpi": "\xff"}', b"[1, 2]", b""],
+)
+def test_mapped_records_that_do_not_decode_become_dead_letters(
+    ch: Any, database: str, value: bytes
+) -> None:
+    """The mappers decode with orjson: what it refuses (not JSON, cut short, invalid
+    UTF-8, not an object, empty) is the sink's dead letter, and the rest of the
+    batch lands."""
+    registry = CollectorRegistry()
+    sink = make_sink(ch, database, registry)
+    sink.add(SourceRecord("kp", 0, 3, None, value))
+    sink.add(event_record(0))
+    assert sink.flush() == {("kp", 0): 4, ("ev", 0): 1}
+    assert ch.query(f"SELECT reason, source_topic FROM {database}.dead_letters").result_rows == [
+        ("sink_rejected", "kp")
+    ]
+    assert count(ch, f"SELECT count() FROM {database}.events") == 1
+    assert registry.get_sample_value("touchstream_sink_rows_rejected_total", {"topic": "kp"}) == 1
+
+
 def test_kpi_updates_keep_the_latest_version(ch: Any, database: str) -> None:
     sink = make_sink(ch, database, CollectorRegistry())
     base = {
