@@ -785,13 +785,29 @@ class Bench:
             "generate": f"freshness: simulate {total:,} events",
             "steady": f"freshness: {self.o.rate:,} events/s for {self.o.fresh_seconds} s",
         }
+        assert stack.worker is not None
+        # CPU while the load is sent: the pipeline's (worker, broker, and the sink's
+        # process, which here also runs the probe queries, the alert reader and
+        # the lag reads) against the load generator's own.
+        watch = Watch(
+            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
+        )
+        steady_cpu: list[tuple[float, dict[str, float]]] = []
+        show = self.staged(stages)
+
+        def progress(message: dict[str, Any]) -> None:
+            if message.get("stage") == "steady" and not steady_cpu:
+                steady_cpu.append((time.perf_counter(), watch.cpu()))
+            show(message)
+
         try:
             result = await self.child(
                 ["tests.perf.loadgen", "steady", "--rate", str(self.o.rate)]
                 + ["--seconds", str(self.o.fresh_seconds), "--prefix", prefix],
                 "steady",
-                self.staged(stages),
+                progress,
             )
+            steady_cpu.append((time.perf_counter(), watch.cpu()))
             probes: dict[str, float] = result["probes"]
             alerts: dict[str, float] = result["alerts"]
             wait = self.task(
@@ -815,7 +831,14 @@ class Bench:
         fresh, fresh_censored = censored(probes, seen, waited_until)
         alert, alert_censored = censored(alerts, arrived, waited_until)
         written = await asyncio.to_thread(_written_latency, client, db, prefix)
+        (t0, cpu0), (t1, cpu1) = steady_cpu[0], steady_cpu[-1]
+        cores = {name: round((cpu1[name] - cpu0[name]) / (t1 - t0), 2) for name in cpu0}
+        cores["load"] = result["cpu_cores"]
         self.figures.update(
+            freshness_cpu_cores=cores,
+            freshness_cpu_us_per_event={
+                name: round(value / result["rate"] * 1e6, 1) for name, value in cores.items()
+            },
             freshness_rate_eps=result["rate"],
             freshness_producer_max_behind_s=result["max_behind_s"],
             freshness_probes=len(probes),
@@ -837,6 +860,7 @@ class Bench:
             "freshness_p99_s",
             "freshness_probes",
             "freshness_censored",
+            "freshness_cpu_cores",
             "written_p95_s",
             "received_p95_s",
             "sink_wait_p95_s",
@@ -1243,6 +1267,7 @@ FIGURE_LABELS = {
     "freshness_p95_s": "freshness p95, s",
     "freshness_p99_s": "freshness p99, s",
     "freshness_censored": "freshness: probes not seen by the end of the wait",
+    "freshness_cpu_cores": "freshness: CPU while sent, cores (the sink's process has the probes)",
     "written_p95_s": "occurred → sink INSERT, p95 s (every event)",
     "received_p95_s": "  of which occurred → worker received_at, p95 s",
     "sink_wait_p95_s": "  of which received_at → sink INSERT, p95 s",
@@ -1277,6 +1302,8 @@ def report(console: Console, figures: dict[str, Any], profiles: dict[str, dict[s
             value = figures[key]
             if isinstance(value, bool):
                 shown = "yes" if value else "no"
+            elif isinstance(value, dict):
+                shown = ", ".join(f"{name} {part}" for name, part in value.items())
             else:
                 shown = f"{value:,}" if isinstance(value, int) else str(value)
             table.add_row(label, shown)

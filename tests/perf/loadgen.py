@@ -241,6 +241,7 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
         return sent
 
     sending = asyncio.create_task(sender())
+    cpu_started = time.process_time()
     try:
         started = time.perf_counter()
         for n in range(0, len(wire), per_slice):
@@ -266,6 +267,7 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
         more.set()
         await asyncio.gather(*await sending)  # a batch not delivered fails the run
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     finally:
         sending.cancel()
         await producer.stop()
@@ -275,6 +277,7 @@ async def send_steady(settings: Settings, load: SteadyLoad, rate: int) -> dict[s
         "seconds": round(elapsed, 2),
         "rate": round(len(wire) / elapsed),
         "max_behind_s": round(behind, 3),
+        "cpu_cores": round(cpu / elapsed, 3),  # this process's, while it sent
         "probes": {identity: stamped[identity] for identity in load.probes.values()},
         "alerts": {alert_id: stamped[alert_id] for alert_id in load.alerts.values()},
     }
