@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
+import orjson
 import pytest
 
 from touchstream.streams import state as state_module
-from touchstream.streams.state import NEXT_KEY, PENDING_PREFIX, BatchState, Changes, Schedule
+from touchstream.streams.state import (
+    NEXT_KEY,
+    PENDING_PREFIX,
+    BatchState,
+    Changes,
+    Schedule,
+    encoded,
+)
 
 
 def test_changes_remember_every_way_a_key_is_written_or_deleted() -> None:
@@ -21,6 +30,21 @@ def test_changes_remember_every_way_a_key_is_written_or_deleted() -> None:
     assert changes.taken() == ["a", "b"]
     changes.clear()
     assert changes.taken() == ["c"] and dict(changes) == {}
+
+
+def test_encoded_values_take_their_own_size_not_orjsons_buffer() -> None:
+    """orjson.dumps hands back its (>= 4 KiB) buffer with the length set; what a
+    checkpoint holds until it is sent, and what the outcome stage keeps, is copied
+    to its size."""
+    entity = {"active": True, "last_touch": [1795700000.123, "web", "checkout"], "churns": []}
+    assert encoded(entity) == orjson.dumps(entity)
+    tracemalloc.start()
+    try:
+        held = [encoded(entity) for _ in range(1000)]
+        per_value = tracemalloc.get_traced_memory()[0] / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_value < 256  # ~100 bytes of JSON and a bytes header; orjson's own: ~4 KiB
 
 
 def batches() -> list[dict[str, object]]:
