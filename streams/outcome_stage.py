@@ -14,6 +14,11 @@ from touchstream.streams.state import BatchState, PrefixedStore
 
 
 class OutcomePartition(BatchState):
+    # Entities at rest as their checkpointed bytes: a customer's or anonymous id's
+    # state is read again at its next interaction or due time, often hours of
+    # event time later (BatchState.keep_encoded).
+    keep_encoded = True
+
     def __init__(
         self,
         partition: int,

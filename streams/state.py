@@ -27,7 +27,9 @@ class PrefixedStore(MutableMapping[str, Entity]):
     outputs are flushed, so a crash in between restores the state from before the
     batch and the batch is handled again, decisions and all (the same numbering:
     deduplicated downstream). Entities checkpointed by earlier builds carry their
-    partition in ``"p"`` (when one store held every partition); it is ignored."""
+    partition in ``"p"`` (when one store held every partition); it is ignored. An
+    entity the store holds encoded (:attr:`BatchState.keep_encoded`) is decoded
+    on every read."""
 
     def __init__(self, store: MutableMapping[str, Any], prefix: str) -> None:
         self._store = store
@@ -37,11 +39,13 @@ class PrefixedStore(MutableMapping[str, Entity]):
         value = self._store.get(self._prefix + key)
         if value is None:
             raise KeyError(key)
-        return value
+        return orjson.loads(value) if type(value) is bytes else value
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._store.get(self._prefix + key)
-        return default if value is None else value
+        if value is None:
+            return default
+        return orjson.loads(value) if type(value) is bytes else value
 
     def __setitem__(self, key: str, value: Entity) -> None:
         self._store[self._prefix + key] = value
@@ -125,7 +129,15 @@ class BatchState:
     writing it leaves either an incomplete ``#pending`` set and no key of the batch
     (ignored), or all of ``#pending`` and some keys (rolled forward from
     ``#pending``). Restored ahead of its next offset, a state would take the
-    batch's messages again on top of their own effects."""
+    batch's messages again on top of their own effects.
+
+    With :attr:`keep_encoded`, what a checkpoint wrote (and what a restore read)
+    stays in the store as its JSON bytes until it is written again, for a state
+    read only through :class:`PrefixedStore`, which decodes it: the outcome
+    stage's customers and anonymous ids, mostly untouched between their
+    interactions, take less memory so (design note)."""
+
+    keep_encoded = False
 
     def __init__(self, records: Mapping[str, bytes | None] | None = None) -> None:
         self.store = Changes()
@@ -136,7 +148,7 @@ class BatchState:
             self.next_offset = int(orjson.loads(head))
         for key, value in found.items():
             if value is not None and key != NEXT_KEY and not key.startswith(PENDING_PREFIX):
-                self.store[key] = orjson.loads(value)
+                self.store[key] = bytes(value) if self.keep_encoded else orjson.loads(value)
         pending = self._pending(found)
         if pending is not None:
             self.next_offset, writes = pending
@@ -187,9 +199,16 @@ class BatchState:
         """Each key written or deleted since the last checkpoint, with its value
         encoded (None: a tombstone)."""
         writes: list[tuple[str, bytes | None]] = []
-        for key in self.store.taken():
-            value = self.store.get(key)
-            writes.append((key, None if value is None else encoded(value)))
+        store = self.store
+        for key in store.taken():
+            value = store.get(key)
+            if value is None:
+                writes.append((key, None))
+                continue
+            data = value if type(value) is bytes else encoded(value)
+            if self.keep_encoded:  # at rest as its bytes (not a change: dict's own set)
+                dict.__setitem__(store, key, data)
+            writes.append((key, data))
         return writes
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from typing import Any
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from touchstream.streams.state import (
     PENDING_PREFIX,
     BatchState,
     Changes,
+    PrefixedStore,
     Schedule,
     encoded,
 )
@@ -185,3 +187,42 @@ def test_a_schedule_does_not_grow_with_each_new_time_of_the_same_keys() -> None:
     assert len(schedule) == 10
     assert len(schedule._heap) <= 2 * 10 + 1024
     assert schedule.due(2e9) == [f"c{k}" for k in range(10)]
+
+
+class KeptEncoded(BatchState):
+    keep_encoded = True
+
+
+def test_entities_kept_encoded_read_and_checkpoint_as_decoded_ones() -> None:
+    """keep_encoded (the outcome stage): what a checkpoint wrote or a restore read
+    rests as its bytes until written again; through PrefixedStore nothing tells
+    the two apart, and both write the same checkpoints."""
+    plain, kept = BatchState(), KeptEncoded()
+    topic: dict[str, bytes | None] = {}  # the compacted topic: the latest per key
+    steps: list[tuple[dict[str, Any], int]] = [
+        ({"a": {"n": 1}, "b": {"n": [1, 2]}}, 3),
+        ({"a": lambda old: {**old, "n": old["n"] + 1}, "b": None, "c": {"n": 0}}, 5),
+    ]
+    for writes, next_offset in steps:
+        records: list[list[tuple[str, bytes | None]]] = []
+        for state in (plain, kept):
+            view = PrefixedStore(state.store, "customer")
+            for key, change in writes.items():
+                if change is None:
+                    del view[key]
+                else:
+                    view[key] = change(view[key]) if callable(change) else change
+            state.next_offset = next_offset
+            records.append(state.checkpoint())
+        assert records[0] == records[1]
+        topic.update(records[1])
+        assert all(type(kept.store[key]) is bytes for key in kept.store)  # at rest
+        assert dict(PrefixedStore(kept.store, "customer").items()) == dict(
+            PrefixedStore(plain.store, "customer").items()
+        )
+    restored = KeptEncoded(topic)
+    assert type(restored.store["customer|a"]) is bytes and restored.next_offset == 5
+    view = PrefixedStore(restored.store, "customer")
+    assert dict(view.items()) == {"a": {"n": 2}, "c": {"n": 0}}
+    assert view.get("a") == {"n": 2} and view.get("b", "gone") == "gone"
+    assert restored.checkpoint() == [(NEXT_KEY, b"5")]  # reading is not a change
