@@ -36,10 +36,10 @@ class PrefixedStore(MutableMapping[str, Entity]):
         self._prefix = f"{prefix}|"
 
     def __getitem__(self, key: str) -> Entity:
-        value = self._store.get(self._prefix + key)
+        value = self.get(key)
         if value is None:
             raise KeyError(key)
-        return orjson.loads(value) if type(value) is bytes else value
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._store.get(self._prefix + key)
@@ -205,7 +205,7 @@ class BatchState:
             if value is None:
                 writes.append((key, None))
                 continue
-            data = value if type(value) is bytes else encoded(value)
+            data = encoded(value)  # callers write what they decoded, never stored bytes
             if self.keep_encoded:  # at rest as its bytes (not a change: dict's own set)
                 dict.__setitem__(store, key, data)
             writes.append((key, data))
