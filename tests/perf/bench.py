@@ -336,6 +336,14 @@ class Bench:
         shown = ", ".join(f"{k}={self.figures.get(k)}" for k in keys)
         self.console.log(f"{phase}: {shown}")
 
+    def pipeline_watch(self, stack: Stack) -> Watch:
+        """The started stack's worker (its processes), the sink's process (this one)
+        and the broker."""
+        assert stack.worker is not None
+        return Watch(
+            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
+        )
+
     def task(self, description: str, total: float | None) -> TaskID:
         return self.progress.add_task(description, total=total)
 
@@ -476,10 +484,7 @@ class Bench:
         started = time.perf_counter()
         await stack.start()
         tune_gc()  # as for the drain: the sink runs in this process
-        assert stack.worker is not None
-        watch = Watch(
-            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
-        )
+        watch = self.pipeline_watch(stack)
         count = first_count = 0
         first_at = None
         cpu0 = watch.cpu()
@@ -581,9 +586,7 @@ class Bench:
         await stack.start()
         tune_gc()  # as `touchstream up` does: the sink runs in this process
         assert stack.worker is not None
-        watch = Watch(
-            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
-        )
+        watch = self.pipeline_watch(stack)
         spy: subprocess.Popen[bytes] | None = None
         profiled: set[str] = set()
         cpu0 = cpu1 = watch.cpu()
@@ -785,13 +788,10 @@ class Bench:
             "generate": f"freshness: simulate {total:,} events",
             "steady": f"freshness: {self.o.rate:,} events/s for {self.o.fresh_seconds} s",
         }
-        assert stack.worker is not None
         # CPU while the load is sent: the pipeline's (worker, broker, and the sink's
         # process, which here also runs the probe queries, the alert reader and
         # the lag reads) against the load generator's own.
-        watch = Watch(
-            {"worker": stack.worker.pid, "sink": os.getpid(), "broker": self.broker.pid or 0}
-        )
+        watch = self.pipeline_watch(stack)
         steady_cpu: list[tuple[float, dict[str, float]]] = []
         show = self.staged(stages)
 
