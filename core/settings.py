@@ -331,6 +331,13 @@ class StreamsSettings(BaseModel):
     alert_check_interval_s: float = Field(
         default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
+    outcome_cache_entries: int = Field(
+        default=0,
+        ge=0,
+        description="customers, anonymous ids and open checkouts/carts kept in memory per "
+        "outcome partition; the rest wait in a local SQLite file under DATA_DIR/state "
+        "(0: all in memory)",
+    )
     web_port: int = Field(default=0, ge=0, le=65535, description="Faust web port, 0 = off")
     processes: int = Field(
         default=0,

@@ -50,6 +50,7 @@ from touchstream.streams.alerts import (
     slot_from_json,
     slot_to_json,
 )
+from touchstream.streams.checkpoints import Records
 from touchstream.streams.customers import (
     STOCK_KEY,
     anonymous_touch_of,
@@ -71,6 +72,7 @@ from touchstream.streams.outcomes import (
     ops_of,
 )
 from touchstream.streams.outputs import Outputs, Record, partition_of
+from touchstream.streams.spill import SpillStore
 
 # Messages of an internal stage handled between two checkpoints: bundles from a few
 # ingest batches (what one batch held before ingest went first under overload).
@@ -551,10 +553,18 @@ def create_app(
 
     app.early_tasks = (run("touchstream.ingest", intake), run("touchstream.kpis", kpi_intake))
 
-    def restore_outcomes(tp: Any, records: dict[str, bytes | None]) -> OutcomePartition:
+    def restore_outcomes(tp: Any, records: Records | SpillStore) -> OutcomePartition:
         return OutcomePartition(
             tp.partition, streams.abandonment_timeout_s, streams.churn_horizon_s, records
         )
+
+    def outcome_records(partition: int) -> Records | SpillStore:
+        """Where an outcome partition is restored: memory, or a store that keeps
+        STREAMS__OUTCOME_CACHE_ENTRIES of it there and the rest in a local file."""
+        if not streams.outcome_cache_entries:
+            return Records()
+        name = f"{streams.app_id}-outcomes-{partition}"
+        return SpillStore(settings.data_dir / "state", name, streams.outcome_cache_entries)
 
     async def handle_outcomes(batch: Batch) -> None:
         await stage_batch(
@@ -652,6 +662,7 @@ def create_app(
         outcome_state_name,
         restore_outcomes,
         turns=turns,
+        records=outcome_records,
     )
     app.early_tasks = (*app.early_tasks, run("touchstream.outcomes", outcome_intake))
 

@@ -5,6 +5,8 @@ local broker under-reports ``end_offsets``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -13,6 +15,24 @@ from touchstream.settings import Settings
 
 class CheckpointReadError(RuntimeError):
     """The checkpoint topic could not be read to its end in time."""
+
+
+class Loader(Protocol):
+    """Where a partition's checkpoint records go as they are read."""
+
+    def load(self, records: Mapping[str, bytes | None]) -> None: ...
+
+
+class Records(dict[str, bytes | None]):
+    """A partition's checkpoint records in memory: key → latest value (None: a
+    tombstone)."""
+
+    def load(self, records: Mapping[str, bytes | None]) -> None:
+        self.update(records)
+
+
+def in_memory(_partition: int) -> Records:
+    return Records()
 
 
 def standalone_consumer(settings: Settings, purpose: str) -> AIOKafkaConsumer:
@@ -30,14 +50,19 @@ def standalone_consumer(settings: Settings, purpose: str) -> AIOKafkaConsumer:
 
 
 async def read_latest(
-    settings: Settings, topic: str, partitions: set[int], timeout_s: float = 60.0
-) -> dict[int, dict[str, bytes | None]]:
-    """Partition → key → latest value (None for a tombstone).
+    settings: Settings,
+    topic: str,
+    partitions: set[int],
+    timeout_s: float = 60.0,
+    into: Callable[[int], Loader] = in_memory,
+) -> dict[int, Loader]:
+    """Partition → its records, loaded as they are read into ``into(partition)``
+    (by default :class:`Records`: key → latest value, None for a tombstone).
 
     Every step is bounded by ``timeout_s`` (CheckpointReadError): a consumer that
     never got a position once held a worker's whole raw intake (seen on the local
     broker after a rebalance), so nothing here waits without a deadline."""
-    out: dict[int, dict[str, bytes | None]] = {p: {} for p in partitions}
+    out = {p: into(p) for p in partitions}
     if not partitions:
         return out
     try:
@@ -52,7 +77,7 @@ async def read_latest(
 
 
 async def _read(
-    settings: Settings, topic: str, partitions: set[int], out: dict[int, dict[str, bytes | None]]
+    settings: Settings, topic: str, partitions: set[int], out: dict[int, Loader]
 ) -> None:
     consumer = standalone_consumer(settings, "checkpoints")
     await consumer.start()
@@ -67,9 +92,9 @@ async def _read(
         while pending:
             fetched = await consumer.getmany(*pending, timeout_ms=200)
             for tp, records in fetched.items():
-                for record in records:
-                    if record.key is not None:
-                        out[tp.partition][record.key.decode()] = record.value
+                out[tp.partition].load(
+                    {r.key.decode(): r.value for r in records if r.key is not None}
+                )
             for tp in list(pending):
                 highwater = consumer.highwater(tp)
                 if highwater is not None and await consumer.position(tp) >= highwater:

@@ -64,7 +64,7 @@ from touchstream.schemas.events import (
     event_types,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
-from touchstream.streams.state import Schedule
+from touchstream.streams.state import entries, schedule_for
 
 # kpi → (its count, the stock whose level at the window start is its denominator)
 STOCK_KPIS = {
@@ -145,11 +145,11 @@ class CustomerBook:
     def __init__(self, store: MutableMapping[str, Any], horizon_s: float) -> None:
         self.store = store
         self.horizon_s = horizon_s
-        self._due = Schedule()
+        self._due = schedule_for(store)
 
     def rebuild(self) -> None:
         self._due.clear()
-        for customer_id, state in self.store.items():
+        for customer_id, state in entries(self.store):
             self._schedule(customer_id, state)
 
     def _schedule(self, customer_id: str, state: dict[str, Any]) -> None:
@@ -366,11 +366,11 @@ class AnonymousBook:
         # write goes into the next checkpoint, and nearly every identified event
         # repeats its link. Expiry and a competing link are judged to within a step.
         self.step_s = horizon_s / 90
-        self._due = Schedule()
+        self._due = schedule_for(store)
 
     def rebuild(self) -> None:
         self._due.clear()
-        for anonymous_id, state in self.store.items():
+        for anonymous_id, state in entries(self.store):
             self._due.set(anonymous_id, float(state["last_at"]) + self.horizon_s)
 
     def _state(self, anonymous_id: str) -> dict[str, Any]:

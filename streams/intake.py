@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 
 from touchstream.schemas.records import KafkaRecord
 from touchstream.settings import Settings
-from touchstream.streams.checkpoints import CheckpointReadError, read_latest
+from touchstream.streams.checkpoints import CheckpointReadError, Loader, in_memory, read_latest
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ class PartitionState(Protocol):
 State = TypeVar("State", bound=PartitionState)
 # A partition's state from its checkpoint records (key -> latest value, None for
 # a tombstone; empty for a partition never checkpointed).
-Restore = Callable[[TopicPartition, dict[str, bytes | None]], State]
+# A partition's state from its checkpoint records, as loaded (by default Records).
+Restore = Callable[[TopicPartition, Any], State]
 
 
 def group_consumer_kwargs(settings: Settings) -> dict[str, Any]:
@@ -193,11 +194,13 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         turns: Turns | None = None,
         first: bool = False,
         settle: Callable[[], Awaitable[None]] | None = None,
+        records: Callable[[int], Loader] = in_memory,
     ) -> None:
         """``event_time``: a partition's latest event time, to keep partitions
         within ``streams.max_source_skew_s`` of each other (:func:`ahead`).
         ``turns``: shared with the worker's other stages, this one ``first`` or
-        waiting for the first (:class:`Turns`)."""
+        waiting for the first (:class:`Turns`). ``records``: what a partition's
+        checkpoint records are read into for ``restore``."""
         # The turns this intake reports its backlog to (ingest), or waits on (the rest).
         self._leads = turns if first else None
         self._waits = None if first else turns
@@ -209,6 +212,7 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         self._settle = settle
         self._state_topic = state_topic
         self._restore_state = restore
+        self._records = records
         self.states: dict[str, State] = {}
         self.lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -301,10 +305,12 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         if not missing:
             return
         topic = self._state_topic
-        found: dict[int, dict[str, bytes | None]] = {}
+        found: dict[int, Loader] = {}
         for attempt in range(1, RESTORE_ATTEMPTS + 1):
             try:
-                found = await read_latest(self._settings, topic, missing, RESTORE_TIMEOUT_S)
+                found = await read_latest(
+                    self._settings, topic, missing, RESTORE_TIMEOUT_S, self._records
+                )
                 break
             except CheckpointReadError:
                 if attempt == RESTORE_ATTEMPTS:
@@ -313,7 +319,7 @@ class Intake(ConsumerRebalanceListener, Generic[State]):
         for tp in owned:
             source = source_of(tp)
             if source not in self.states:
-                self.states[source] = self._restore_state(tp, found.get(tp.partition, {}))
+                self.states[source] = self._restore_state(tp, found[tp.partition])
 
     def _behind(self, consumer: AIOKafkaConsumer) -> int:
         """Records of the owned partitions not handled yet (the consumer's latest

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from touchstream.streams.customers import AnonymousBook, CustomerBook
 from touchstream.streams.outcomes import KINDS, OutcomeTracker
+from touchstream.streams.spill import SpillStore
 from touchstream.streams.state import BatchState, PrefixedStore
 
 
@@ -24,7 +25,7 @@ class OutcomePartition(BatchState):
         partition: int,
         abandonment_timeout_s: float,
         churn_horizon_s: float,
-        records: Mapping[str, bytes | None] | None = None,
+        records: Mapping[str, bytes | None] | SpillStore | None = None,
     ) -> None:
         super().__init__(records)
         self.partition = partition

@@ -39,7 +39,7 @@ from touchstream.schemas.events import (
     event_types,
 )
 from touchstream.streams.kpis import OVERALL, Contribution
-from touchstream.streams.state import Schedule
+from touchstream.streams.state import Schedule, SpilledSchedule, entries, schedule_for
 
 Entity = dict[str, Any]  # started_at, channel, completed_at, touches, first_seen, decided_at
 
@@ -177,7 +177,10 @@ class Decision:
 class OutcomeTracker:
     timeout_s: float
     store: MutableMapping[str, Entity] = field(default_factory=dict)
-    _due: Schedule = field(default_factory=Schedule)  # one live due time per entity
+    _due: Schedule | SpilledSchedule = field(init=False)  # one live due time per entity
+
+    def __post_init__(self) -> None:
+        self._due = schedule_for(self.store)
 
     def __len__(self) -> int:
         return sum(1 for e in self.store.values() if e.get("decided_at") is None)
@@ -185,7 +188,7 @@ class OutcomeTracker:
     def rebuild(self) -> None:
         """After a restart: reschedule every entity of the store."""
         self._due.clear()
-        for entity_id, entity in self.store.items():
+        for entity_id, entity in entries(self.store):
             self._schedule(entity_id, entity)
 
     def _entity(self, entity_id: str, at: float) -> Entity | None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from touchstream.streams.spill import SpilledSchedule, SpillStore
+
 Entity = dict[str, Any]
 
 
@@ -56,13 +58,39 @@ class PrefixedStore(MutableMapping[str, Entity]):
         del self._store[self._prefix + key]
 
     def __iter__(self) -> Iterator[str]:
-        prefix, cut = self._prefix, len(self._prefix)
-        for k in list(self._store):
-            if k.startswith(prefix):
-                yield k[cut:]
+        cut = len(self._prefix)
+        for key, _ in self._scan():
+            yield key[cut:]
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def entries(self) -> Iterator[tuple[str, Entity]]:
+        """Every entity and its key, decoded, not brought into memory if spilled."""
+        cut = len(self._prefix)
+        for key, value in self._scan():
+            yield key[cut:], orjson.loads(value) if type(value) is bytes else value
+
+    def _scan(self) -> Iterable[tuple[str, Any]]:
+        store, prefix = self._store, self._prefix
+        if isinstance(store, SpillStore):
+            return store.scan(prefix)
+        return [(k, v) for k, v in list(store.items()) if k.startswith(prefix)]
+
+    def schedule(self) -> Schedule | SpilledSchedule:
+        """Due times for these entities, kept where they are."""
+        if isinstance(self._store, SpillStore):
+            return self._store.schedule_under(self._prefix)
+        return Schedule()
+
+
+def entries(store: Mapping[str, Entity]) -> Iterator[tuple[str, Entity]]:
+    """Every entity of a store, without bringing those spilled into memory."""
+    return store.entries() if isinstance(store, PrefixedStore) else iter(list(store.items()))
+
+
+def schedule_for(store: Mapping[str, Entity]) -> Schedule | SpilledSchedule:
+    return store.schedule() if isinstance(store, PrefixedStore) else Schedule()
 
 
 # Checkpoint keys that are not state (other "#" keys are state a stage keeps apart
@@ -114,6 +142,10 @@ class Changes(dict[str, Any]):
         keys, self.changed = sorted(self.changed), set()
         return keys
 
+    def rest(self, key: str, data: bytes) -> None:
+        """``key``'s value as its checkpointed bytes (not a change)."""
+        dict.__setitem__(self, key, data)
+
 
 class BatchState:
     """A partition's state (JSON values under string keys) and the offset of the
@@ -135,20 +167,30 @@ class BatchState:
     stays in the store as its JSON bytes until it is written again, for a state
     read only through :class:`PrefixedStore`, which decodes it: the outcome
     stage's customers and anonymous ids, mostly untouched between their
-    interactions, take less memory so (design note)."""
+    interactions, take less memory so (design note). Such a state may also be
+    restored into a :class:`SpillStore` (``records``), which keeps only so many
+    entities in memory after each checkpoint."""
 
     keep_encoded = False
 
-    def __init__(self, records: Mapping[str, bytes | None] | None = None) -> None:
-        self.store = Changes()
+    def __init__(self, records: Mapping[str, bytes | None] | SpillStore | None = None) -> None:
+        self.store: Changes | SpillStore
         self.next_offset = 0
-        found = dict(records or {})
-        head = found.get(NEXT_KEY)
+        if isinstance(records, SpillStore):
+            if not self.keep_encoded:
+                raise TypeError("a SpillStore holds states kept encoded (keep_encoded)")
+            self.store = records
+            head = records.take(NEXT_KEY, exact=True).get(NEXT_KEY)
+            found = records.take(PENDING_PREFIX)
+        else:
+            self.store = Changes()
+            found = {k: v for k, v in (records or {}).items() if v is not None}
+            head = found.pop(NEXT_KEY, None)
+            for key, value in found.items():
+                if not key.startswith(PENDING_PREFIX):
+                    self.store[key] = bytes(value) if self.keep_encoded else orjson.loads(value)
         if head is not None:
             self.next_offset = int(orjson.loads(head))
-        for key, value in found.items():
-            if value is not None and key != NEXT_KEY and not key.startswith(PENDING_PREFIX):
-                self.store[key] = bytes(value) if self.keep_encoded else orjson.loads(value)
         pending = self._pending(found)
         if pending is not None:
             self.next_offset, writes = pending
@@ -159,13 +201,9 @@ class BatchState:
                     self.store[key] = value
         self.store.taken()
 
-    def _pending(self, found: Mapping[str, bytes | None]) -> tuple[int, dict[str, Any]] | None:
+    def _pending(self, found: Mapping[str, bytes]) -> tuple[int, dict[str, Any]] | None:
         """The write set of a batch whose checkpoint was cut short, if complete."""
-        parts = [
-            orjson.loads(value)
-            for key, value in found.items()
-            if key.startswith(PENDING_PREFIX) and value is not None
-        ]
+        parts = [orjson.loads(v) for k, v in found.items() if k.startswith(PENDING_PREFIX)]
         ahead = [part for part in parts if int(part["next"]) > self.next_offset]
         if not ahead:
             return None
@@ -181,8 +219,11 @@ class BatchState:
 
     def checkpoint(self) -> list[tuple[str, bytes | None]]:
         """The records for what changed since the last checkpoint (see the class).
-        Each value is encoded once; the write set is spliced from those bytes."""
+        Each value is encoded once; the write set is spliced from those bytes. A
+        :class:`SpillStore` then moves what is beyond its memory to its file."""
         writes = self._encoded_writes()
+        if isinstance(self.store, SpillStore):
+            self.store.spill()
         next_record = (NEXT_KEY, orjson.dumps(self.next_offset))
         if not writes:
             return [next_record]
@@ -206,8 +247,8 @@ class BatchState:
                 writes.append((key, None))
                 continue
             data = encoded(value)  # callers write what they decoded, never stored bytes
-            if self.keep_encoded:  # at rest as its bytes (not a change: dict's own set)
-                dict.__setitem__(store, key, data)
+            if self.keep_encoded:  # at rest as its bytes (not a change)
+                store.rest(key, data)
             writes.append((key, data))
         return writes
 

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from kafka import KafkaProducer
 
 from tests.conftest import SettingsFactory
@@ -20,13 +21,20 @@ from touchstream.producers.simulator import Message, Simulator
 from touchstream.stack import Stack
 
 
+@pytest.mark.parametrize("cache", [0, 8], ids=["in-memory", "spilling"])
 def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
-    broker: LocalBroker, make_settings: SettingsFactory, ch: Any
+    broker: LocalBroker, make_settings: SettingsFactory, ch: Any, cache: int
 ) -> None:
     # A one-hour churn horizon: customers churn within the three simulated hours,
-    # some of them last seen logged out on another device (stitched).
+    # some of them last seen logged out on another device (stitched). Spilling:
+    # the outcome partitions keep 8 entities in memory, the rest in their files.
     settings = make_settings(
-        broker.bootstrap_servers, streams={"kpi_emit_interval_s": 0.5, "churn_horizon_s": 3600}
+        broker.bootstrap_servers,
+        streams={
+            "kpi_emit_interval_s": 0.5,
+            "churn_horizon_s": 3600,
+            "outcome_cache_entries": cache,
+        },
     )
     db = settings.clickhouse.database
     streams = settings.streams
@@ -79,6 +87,9 @@ def test_kpis_equal_the_ground_truth_through_noise_and_a_worker_kill(
             await stack.stop()
 
     asyncio.run(scenario())
+    # Spilling, the outcome partitions had their (unlinked) files there; none is left.
+    state_dir = settings.data_dir / "state"
+    assert state_dir.is_dir() == bool(cache) and not (cache and any(state_dir.iterdir()))
 
 
 def without_links(message: Message) -> Message:

@@ -300,6 +300,7 @@ class Options:
     profile_seconds: int = 60
     phases: frozenset[str] = frozenset(PHASES)
     processes: int = 0  # of the worker; 0: the setting's default (one per CPU)
+    outcome_cache: int | None = None  # STREAMS__OUTCOME_CACHE_ENTRIES; None: its default
 
 
 class Bench:
@@ -410,7 +411,15 @@ class Bench:
             clickhouse={"serve_port": 0, "database": f"bench_{tag}"},
             # The worker's /metrics on a port of its own: the drain reads its lags.
             metrics={"port": 0, "worker_port": free_port("127.0.0.1")},
-            streams={"app_id": f"bench-{self.uid}-{tag}", "processes": self.o.processes},
+            streams={
+                "app_id": f"bench-{self.uid}-{tag}",
+                "processes": self.o.processes,
+                **(
+                    {}
+                    if self.o.outcome_cache is None
+                    else {"outcome_cache_entries": self.o.outcome_cache}
+                ),
+            },
             sink={"group_id": f"bench-sink-{self.uid}-{tag}"},
             topics=topics or {},
         ).with_bootstrap(self.bootstrap)  # the local broker, as the local stack uses it
@@ -1367,6 +1376,12 @@ def main() -> None:
         "--processes", type=int, default=0, help="worker processes (0: STREAMS__PROCESSES' auto)"
     )
     parser.add_argument(
+        "--outcome-cache",
+        type=int,
+        default=None,
+        help="STREAMS__OUTCOME_CACHE_ENTRIES of the worker (default: the setting's default)",
+    )
+    parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (preload always runs)",
@@ -1391,6 +1406,7 @@ def main() -> None:
         profile_seconds=args.profile_seconds,
         phases=phases,
         processes=args.processes,
+        outcome_cache=args.outcome_cache,
     )
     console = Console()
     figures: dict[str, Any] = {"machine": machine()}
