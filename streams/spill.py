@@ -76,6 +76,11 @@ class SpillStore(MutableMapping[str, Any]):
         self._heaps: dict[str, list[tuple[float, str]]] = {}  # by schedule prefix
         self._disk_due: dict[str, float | None] = {}  # set for keys on disk, not yet written
         self._rowed: set[str] = set()  # keys in memory that have a row (read from the file)
+        self._gone: set[str] = set()  # keys deleted since the last spill
+        # Rows come only with load() and spill(): until then a key looked up and not
+        # found is not looked up again, and an empty file not at all.
+        self._absent: set[str] = set()
+        self._filled = False
 
     # -- the mapping -------------------------------------------------------------
 
@@ -102,8 +107,9 @@ class SpillStore(MutableMapping[str, Any]):
         if key not in hot and self._promote(key) is None:  # new: due times set before
             at = self._disk_due.pop(key, None)
             if at is not None:
-                self._schedule_hot(key, at)
-        hot.pop(key, None)
+                self._schedule_hot(key, at, self._heaps.get(_prefix_of(key)))
+        elif hot.pop(key) is _GONE:
+            self._gone.discard(key)
         hot[key] = value  # the most recently written evicted last
         self.changed.add(key)
 
@@ -111,6 +117,7 @@ class SpillStore(MutableMapping[str, Any]):
         if self.get(key) is None:
             raise KeyError(key)
         self._hot[key] = _GONE
+        self._gone.add(key)
         self._due.pop(key, None)
         self.changed.add(key)
 
@@ -163,6 +170,8 @@ class SpillStore(MutableMapping[str, Any]):
         gone = [(k,) for k, v in records.items() if v is None]
         db.executemany("DELETE FROM kv WHERE key = ?", gone)
         db.execute("COMMIT")
+        self._absent.clear()
+        self._filled = True
 
     def take(self, prefix: str, exact: bool = False) -> dict[str, bytes]:
         """Remove the records under ``prefix`` (or that one key) from the file and
@@ -178,8 +187,7 @@ class SpillStore(MutableMapping[str, Any]):
         file, and the oldest in memory beyond ``cache_entries`` into it."""
         if self.changed:
             raise RuntimeError("spill() after a checkpoint only: changes not written yet")
-        hot = self._hot
-        gone = [k for k, v in hot.items() if v is _GONE]
+        hot, gone = self._hot, self._gone
         for key in gone:
             del hot[key]
         excess = max(0, len(hot) - self.cache_entries)
@@ -194,6 +202,9 @@ class SpillStore(MutableMapping[str, Any]):
         db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in gone])
         db.executemany("INSERT OR REPLACE INTO kv (key, value, due) VALUES (?, ?, ?)", rows)
         db.execute("COMMIT")
+        self._gone = set()
+        self._absent.clear()
+        self._filled = self._filled or bool(rows)
 
     def in_memory(self) -> int:
         return len(self._hot)
@@ -202,37 +213,41 @@ class SpillStore(MutableMapping[str, Any]):
         """``key``'s value from the file, now in memory with its due time; None
         (and nothing kept) if it is not there. Its row's due time is stale from
         now on (:meth:`due` skips and clears it)."""
+        if not self._filled or key in self._absent:
+            return None
         row = self._db.execute("SELECT value, due FROM kv WHERE key = ?", (key,)).fetchone()
         if row is None:
+            self._absent.add(key)
             return None
         value, due = row
         due = self._disk_due.pop(key, due)  # set while on disk, not written yet
         self._hot[key] = value
         self._rowed.add(key)
         if due is not None:
-            self._schedule_hot(key, due)
+            self._schedule_hot(key, due, self._heaps.get(_prefix_of(key)))
         return value
 
     # -- due times (SpilledSchedule) --------------------------------------------
 
-    def _schedule_hot(self, key: str, at: float) -> None:
+    def _schedule_hot(self, key: str, at: float, heap: list[tuple[float, str]] | None) -> None:
+        """``key`` (in memory) due at ``at``, in the heap of its schedule."""
         if self._due.get(key) == at:
             return
         self._due[key] = at
-        heap = self._heaps.get(_prefix_of(key))
         if heap is None:
             return
         heapq.heappush(heap, (at, key))
         if len(heap) > 2 * len(self._due) + 1024:  # mostly replaced or evicted entries
-            heap[:] = [(due, k) for k, due in self._due.items() if _prefix_of(k) == _prefix_of(key)]
+            prefix = _prefix_of(key)
+            heap[:] = [(due, k) for k, due in self._due.items() if k.startswith(prefix)]
             heapq.heapify(heap)
 
-    def set_due(self, key: str, at: float | None) -> None:
+    def set_due(self, key: str, at: float | None, heap: list[tuple[float, str]]) -> None:
         if key in self._hot:
             if at is None:
                 self._due.pop(key, None)
             else:
-                self._schedule_hot(key, at)
+                self._schedule_hot(key, at, heap)
             return
         self._disk_due[key] = at  # taken by _promote if the key is written first
         if len(self._disk_due) >= FLUSH_DUE_UPDATES:
@@ -283,15 +298,14 @@ class SpillStore(MutableMapping[str, Any]):
         self._disk_due = {k: v for k, v in self._disk_due.items() if not k.startswith(prefix)}
         for key in [k for k in self._due if k.startswith(prefix)]:
             del self._due[key]
-        self._heaps[prefix] = []
+        self._heaps[prefix].clear()
         self._db.execute(
             "UPDATE kv SET due = NULL WHERE due IS NOT NULL AND key >= ? AND key < ?",
             (prefix, _upper(prefix)),
         )
 
     def schedule_under(self, prefix: str) -> SpilledSchedule:
-        self._heaps.setdefault(prefix, [])
-        return SpilledSchedule(self, prefix)
+        return SpilledSchedule(self, prefix, self._heaps.setdefault(prefix, []))
 
 
 class SpilledSchedule:
@@ -299,15 +313,16 @@ class SpilledSchedule:
     :class:`SpillStore` (keys without their prefix): an entity's due time is in
     memory while the entity is, in its row while it is not."""
 
-    def __init__(self, store: SpillStore, prefix: str) -> None:
+    def __init__(self, store: SpillStore, prefix: str, heap: list[tuple[float, str]]) -> None:
         self._store = store
         self._prefix = prefix
+        self._heap = heap  # of the due times in memory
 
     def __len__(self) -> int:
         return self._store.scheduled(self._prefix)
 
     def set(self, key: str, at: float | None) -> None:
-        self._store.set_due(self._prefix + key, at)
+        self._store.set_due(self._prefix + key, at, self._heap)
 
     def due(self, watermark: float) -> list[str]:
         cut = len(self._prefix)

@@ -985,6 +985,7 @@ class Bench:
         await load
         await asyncio.sleep(2.0)
         after = watch.sample()
+        keys = await asyncio.to_thread(worker_gauge, self.s, "worker_state_keys", "stage")
         half = min(series, key=lambda item: abs(item[0] - landed / 2))
         first_half = half[1] - before["worker"]
         second_half = after["worker"] - half[1]
@@ -1000,6 +1001,7 @@ class Bench:
                 (after["worker"] - before["worker"]) / max(1, landed) * 100_000, 1
             ),
             sink_rss_growth_distinct_mb=round(after["sink"] - before["sink"]),
+            worker_state_keys_after_distinct=keys or {},
             worker_rss_series=[
                 (c, round(w), round(k)) for c, w, k in series[:: max(1, len(series) // 40)]
             ],
@@ -1012,6 +1014,7 @@ class Bench:
             "worker_rss_growth_first_half_mb",
             "worker_rss_growth_second_half_mb",
             "worker_rss_growth_per_100k_customers_mb",
+            "worker_state_keys_after_distinct",
         )
 
     async def run(self) -> None:
@@ -1064,20 +1067,32 @@ def profiled_pid(worker: int) -> int:
 def worker_lags(settings: Settings) -> dict[str, int] | None:
     """The worker's consumer lag (records not read yet) per topic, from its /metrics
     (all of its processes'; the topic prefix left out); None while it does not answer."""
+    lags = worker_gauge(settings, "worker_consumer_lag", "topic")
+    if lags is None:
+        return None
+    prefix = settings.kafka.topic_prefix
+    out: dict[str, int] = {}
+    for topic, value in lags.items():
+        out[topic.removeprefix(prefix)] = out.get(topic.removeprefix(prefix), 0) + value
+    return out
+
+
+def worker_gauge(settings: Settings, metric: str, label: str) -> dict[str, int] | None:
+    """A gauge of the worker's /metrics summed by one label (over its processes and
+    the other labels); None while the worker does not answer."""
     url = f"http://127.0.0.1:{settings.metrics.worker_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our loopback
             text = response.read().decode()
     except OSError:
         return None
-    name = f"{settings.metrics.namespace}_worker_consumer_lag{{"
-    prefix = settings.kafka.topic_prefix
+    name = f"{settings.metrics.namespace}_{metric}{{"
     out: dict[str, int] = {}
     for line in text.splitlines():
         if line.startswith(name):
             labels, _, value = line.rpartition(" ")
-            topic = labels.split('topic="', 1)[1].split('"', 1)[0].removeprefix(prefix)
-            out[topic] = out.get(topic, 0) + int(float(value))
+            key = labels.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[key] = out.get(key, 0) + int(float(value))
     return out
 
 
@@ -1291,6 +1306,7 @@ FIGURE_LABELS = {
     "distinct_customers_landed": "memory run: distinct customers landed",
     "worker_rss_growth_distinct_mb": "worker RSS growth, distinct customers, MB",
     "worker_rss_growth_per_100k_customers_mb": "… per 100k customers, MB",
+    "worker_state_keys_after_distinct": "worker state keys by stage after them",
     "sink_rss_growth_distinct_mb": "sink RSS growth, distinct customers, MB",
     "http_select_p50_s": "HTTP SELECT p50 under ingest, s",
     "http_select_p95_s": "HTTP SELECT p95 under ingest, s",
