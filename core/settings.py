@@ -332,7 +332,7 @@ class StreamsSettings(BaseModel):
         default=10, gt=0, le=3600, description="how often open alerts are checked against the SLA"
     )
     outcome_cache_entries: int = Field(
-        default=0,
+        default=100_000,
         ge=0,
         description="customers, anonymous ids and open checkouts/carts kept in memory per "
         "outcome partition; the rest wait in a local SQLite file under DATA_DIR/state "

@@ -187,6 +187,7 @@ class SpillStore(MutableMapping[str, Any]):
         file, and the oldest in memory beyond ``cache_entries`` into it."""
         if self.changed:
             raise RuntimeError("spill() after a checkpoint only: changes not written yet")
+        self._absent.clear()  # a batch's lookups at most
         hot, gone = self._hot, self._gone
         for key in gone:
             del hot[key]
@@ -203,7 +204,6 @@ class SpillStore(MutableMapping[str, Any]):
         db.executemany("INSERT OR REPLACE INTO kv (key, value, due) VALUES (?, ?, ?)", rows)
         db.execute("COMMIT")
         self._gone = set()
-        self._absent.clear()
         self._filled = self._filled or bool(rows)
 
     def in_memory(self) -> int:
