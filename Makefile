@@ -68,14 +68,17 @@ integration: install
 
 # Benchmarks are scripts that print figures into a table and build/bench.json (README,
 # "Performance"): drain, baseline, ceiling, freshness, memory, py-spy profile of the
-# worker, then the HTTP SELECT benchmark. One run each; bench-quick is the same, smaller.
+# worker, then the HTTP SELECT benchmark; then one outcome partition's memory against
+# distinct customers, in memory and spilling. One run each; bench-quick is the same, smaller.
 bench: install
 	$(BIN)/python -m tests.perf.bench --events 1000000 --rate 10000 --fresh-seconds 30 \
 	  --naive-seconds 60 --drain-budget 2400 --fresh-wait 120 --memory-budget 600 --http-seconds 30
+	$(BIN)/python -m tests.perf.outcome_memory --customers 300000 --cache 20000
 
 bench-quick: install
 	$(BIN)/python -m tests.perf.bench --events 100000 --rate 10000 --fresh-seconds 10 \
 	  --naive-seconds 20 --drain-budget 300 --fresh-wait 60 --memory-budget 180 --http-seconds 10
+	$(BIN)/python -m tests.perf.outcome_memory --customers 100000 --cache 20000
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -207,7 +207,13 @@ class SpillStore(MutableMapping[str, Any]):
         self._filled = self._filled or bool(rows)
 
     def in_memory(self) -> int:
+        """Entities in memory (deleted ones until the next spill included)."""
         return len(self._hot)
+
+    def file_bytes(self) -> int:
+        (pages,) = self._db.execute("PRAGMA page_count").fetchone()
+        (size,) = self._db.execute("PRAGMA page_size").fetchone()
+        return int(pages) * int(size)
 
     def _promote(self, key: str) -> Any:
         """``key``'s value from the file, now in memory with its due time; None
