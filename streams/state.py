@@ -162,6 +162,9 @@ class BatchState:
     (ignored), or all of ``#pending`` and some keys (rolled forward from
     ``#pending``). Restored ahead of its next offset, a state would take the
     batch's messages again on top of their own effects.
+    The keys rolled forward are changes for the next checkpoint: those the kill
+    cut off have no record of their own, and that checkpoint's write set replaces
+    the one that held them.
 
     With :attr:`keep_encoded`, what a checkpoint wrote (and what a restore read)
     stays in the store as its JSON bytes until it is written again, for a state
@@ -189,17 +192,19 @@ class BatchState:
             for key, value in found.items():
                 if not key.startswith(PENDING_PREFIX):
                     self.store[key] = bytes(value) if self.keep_encoded else orjson.loads(value)
+            self.store.taken()  # as read: on the topic already
         if head is not None:
             self.next_offset = int(orjson.loads(head))
         pending = self._pending(found)
         if pending is not None:
+            # Rolled forward: changes, which the next checkpoint writes as records of
+            # their own (some never went out, and its write set replaces this one).
             self.next_offset, writes = pending
             for key, value in writes.items():
                 if value is None:
                     self.store.pop(key, None)
                 else:
                     self.store[key] = value
-        self.store.taken()
 
     def _pending(self, found: Mapping[str, bytes]) -> tuple[int, dict[str, Any]] | None:
         """The write set of a batch whose checkpoint was cut short, if complete."""

@@ -147,6 +147,26 @@ def test_a_checkpoint_cut_short_restores_a_whole_batch(cut: int) -> None:
         assert dict(restored.store) == dict(state.store)
 
 
+@pytest.mark.parametrize("cut", range(1, 3))
+def test_a_batch_rolled_forward_is_written_again_by_the_next_checkpoint(cut: int) -> None:
+    """The keys a successor rolled forward from a write set may have no record of
+    their own (the kill came first), and the next checkpoint's write set replaces
+    that one: the next checkpoint writes them, so a second restore still has them."""
+    state = BatchState()
+    log = run(state, batches()[0]) + run(state, batches()[1])
+    last = run(state, batches()[2])
+    successor = BatchState(compacted(log + last[:cut]))
+    more = run(successor, {"next": 11, "writes": {"cart|5": {"n": 1}}})
+    again = BatchState(compacted(log + last[:cut] + more))
+    assert again.next_offset == 11
+    assert dict(again.store) == {**dict(state.store), "cart|5": {"n": 1}}
+    quiet = BatchState(compacted(log + last[:cut]))
+    quiet.next_offset = 10
+    assert dict(BatchState(compacted(log + last[:cut] + quiet.checkpoint())).store) == dict(
+        state.store
+    )
+
+
 def test_a_write_set_in_several_parts_counts_only_when_every_part_is_there(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
