@@ -75,7 +75,7 @@ class SpillStore(MutableMapping[str, Any]):
         self._due: dict[str, float] = {}  # due times of keys in memory
         self._heaps: dict[str, list[tuple[float, str]]] = {}  # by schedule prefix
         self._disk_due: dict[str, float | None] = {}  # set for keys on disk, not yet written
-        self._rowed: set[str] = set()  # keys in memory that have a row (read from the file)
+        self._count = 0  # entities, wherever they are (the worker's state-keys gauge)
         self._gone: set[str] = set()  # keys deleted since the last spill
         # Rows come only with load() and spill(): until then a key looked up and not
         # found is not looked up again, and an empty file not at all.
@@ -105,10 +105,12 @@ class SpillStore(MutableMapping[str, Any]):
             return
         hot = self._hot
         if key not in hot and self._promote(key) is None:  # new: due times set before
+            self._count += 1
             at = self._disk_due.pop(key, None)
             if at is not None:
                 self._schedule_hot(key, at, self._heaps.get(_prefix_of(key)))
         elif hot.pop(key) is _GONE:
+            self._count += 1
             self._gone.discard(key)
         hot[key] = value  # the most recently written evicted last
         self.changed.add(key)
@@ -118,6 +120,7 @@ class SpillStore(MutableMapping[str, Any]):
             raise KeyError(key)
         self._hot[key] = _GONE
         self._gone.add(key)
+        self._count -= 1
         self._due.pop(key, None)
         self.changed.add(key)
 
@@ -126,10 +129,7 @@ class SpillStore(MutableMapping[str, Any]):
             yield key
 
     def __len__(self) -> int:
-        (rows,) = self._db.execute("SELECT count(*) FROM kv").fetchone()
-        rowed, hot = self._rowed, self._hot
-        new = sum(1 for k, v in hot.items() if v is not _GONE and k not in rowed)
-        return rows + new - sum(1 for k in rowed if hot[k] is _GONE)
+        return self._count
 
     def taken(self) -> list[str]:
         keys, self.changed = sorted(self.changed), set()
@@ -175,9 +175,11 @@ class SpillStore(MutableMapping[str, Any]):
 
     def take(self, prefix: str, exact: bool = False) -> dict[str, bytes]:
         """Remove the records under ``prefix`` (or that one key) from the file and
-        return them: the checkpoint's bookkeeping, not state. Before any write."""
+        return them: the checkpoint's bookkeeping, not state. After the restore's
+        :meth:`load` calls, before any write: what the file holds is then counted."""
         found = {k: v for k, v in self.scan(prefix) if not exact or k == prefix}
         self._db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in found])
+        (self._count,) = self._db.execute("SELECT count(*) FROM kv").fetchone()
         return found
 
     # -- memory bound --------------------------------------------------------------
@@ -194,8 +196,6 @@ class SpillStore(MutableMapping[str, Any]):
         excess = max(0, len(hot) - self.cache_entries)
         # At rest as their checkpointed bytes (BatchState.keep_encoded) or as read.
         rows = [(key, hot.pop(key), self._due.pop(key, None)) for key in list(islice(hot, excess))]
-        self._rowed.difference_update(gone)
-        self._rowed.difference_update(key for key, _, _ in rows)
         if not gone and not rows:
             return
         db = self._db
@@ -228,7 +228,6 @@ class SpillStore(MutableMapping[str, Any]):
         value, due = row
         due = self._disk_due.pop(key, due)  # set while on disk, not written yet
         self._hot[key] = value
-        self._rowed.add(key)
         if due is not None:
             self._schedule_hot(key, due, self._heaps.get(_prefix_of(key)))
         return value

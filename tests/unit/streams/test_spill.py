@@ -183,7 +183,8 @@ def test_spill_store_behaves_as_a_dict_with_a_schedule(
     store = SpillStore(tmp_path_factory.mktemp("spill"), "model", cache)
     spill_view = PrefixedStore(store, "e")
     spill_due = spill_view.schedule()
-    model, model_due = PrefixedStore(Changes(), "e"), Schedule()
+    model_store = Changes()
+    model, model_due = PrefixedStore(model_store, "e"), Schedule()
     clock = 0
     for op, key, n in ops:
         if op == "set":
@@ -215,7 +216,9 @@ def test_spill_store_behaves_as_a_dict_with_a_schedule(
                     store.rest(written, orjson.dumps(value))
             store.spill()
             assert store.in_memory() <= cache
+        assert len(store) == len(model_store)
     assert sorted(spill_view) == sorted(model) and len(spill_due) == len(model_due)
+    assert len(store) == len(model_store)
 
 
 def test_a_checkpoint_cut_short_rolls_forward_into_the_file(tmp_path: Path) -> None:
