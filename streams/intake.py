@@ -143,9 +143,9 @@ class PartitionState(Protocol):
 
 
 State = TypeVar("State", bound=PartitionState)
-# A partition's state from its checkpoint records (key -> latest value, None for
-# a tombstone; empty for a partition never checkpointed).
-# A partition's state from its checkpoint records, as loaded (by default Records).
+# A partition's state from its checkpoint records, as loaded (by default Records:
+# key -> latest value, None for a tombstone; empty for a partition never
+# checkpointed).
 Restore = Callable[[TopicPartition, Any], State]
 
 
