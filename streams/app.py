@@ -861,6 +861,13 @@ def create_app(
         }
         for name, keys in held.items():
             metrics.state_keys.labels(name).set(keys)
+        metrics.state_file_bytes.set(
+            sum(
+                part.store.file_bytes()
+                for part in list(outcome_intake.states.values())
+                if isinstance(part.store, SpillStore)
+            )
+        )
 
     every("touchstream.consumer_lag", worker_metrics.LAG_INTERVAL_S, consumer_lag)
 

@@ -278,6 +278,7 @@ class WorkerMetrics:
     replayed_contributions: Counter
     expired_contributions: Counter
     state_keys: Gauge
+    state_file_bytes: Gauge
     stale_feedback: Counter
     replayed_outcomes: Counter
     stitched_touches: Counter
@@ -382,6 +383,13 @@ def create(registry: CollectorRegistry, namespace: str = "touchstream") -> Worke
             "Keys each stage holds in this worker's partitions: ingest dedup ids, KPI"
             " buckets, outcome entities, alert slots (bounded in event time)",
             ["stage"],
+            namespace=namespace,
+            registry=registry,
+        ),
+        state_file_bytes=Gauge(
+            "worker_state_file_bytes",
+            "Bytes of the local files holding the outcome entities beyond"
+            " STREAMS__OUTCOME_CACHE_ENTRIES per partition (a cache of the checkpoints)",
             namespace=namespace,
             registry=registry,
         ),

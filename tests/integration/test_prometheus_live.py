@@ -248,6 +248,7 @@ def test_prometheus_scrapes_the_stack_and_a_real_sink_failure_fires_alerts(
                 "touchstream_worker_processing_latency_seconds_count > 0",
                 "touchstream_worker_up == 1",
                 'touchstream_worker_state_keys{stage="kpis"} > 0',
+                "touchstream_worker_state_file_bytes > 0",  # the outcome partitions' files
                 "touchstream_sink_backpressured == 0",
                 'touchstream_kpi_denominator{kpi="csat"} > 0',  # the first half has CSAT
             )
