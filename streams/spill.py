@@ -33,6 +33,10 @@ FLUSH_DUE_UPDATES = 10_000  # due times of entities on disk, written at most thi
 SCAN_CHUNK = 2_000
 
 
+class SpillError(RuntimeError):
+    """The local file of a spilling store cannot be made."""
+
+
 def _upper(prefix: str) -> str:
     """The least string above every string that starts with ``prefix``."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
@@ -51,10 +55,18 @@ class SpillStore(MutableMapping[str, Any]):
     :meth:`load`. Single-threaded: the stage's event loop."""
 
     def __init__(self, directory: Path, name: str, cache_entries: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{name}-{os.getpid()}-{id(self):x}.sqlite"
-        db = sqlite3.connect(path, isolation_level=None)
-        path.unlink()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA user_version")  # opens (creates) the file
+            path.unlink()
+        except (OSError, sqlite3.Error) as exc:
+            raise SpillError(
+                f"cannot keep the outcome state's file in {directory} ({exc}): make "
+                "TOUCHSTREAM_DATA_DIR writable, or set STREAMS__OUTCOME_CACHE_ENTRIES=0 "
+                "to keep all of it in memory"
+            ) from exc
         for pragma in (
             "journal_mode=OFF",  # a cache of the checkpoint topic: nothing to recover
             "synchronous=OFF",

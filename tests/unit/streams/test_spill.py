@@ -19,7 +19,7 @@ from touchstream.schemas import Invalid, parse_object
 from touchstream.streams.customers import anonymous_touch_of, link_of, touch_of
 from touchstream.streams.outcome_stage import OutcomePartition
 from touchstream.streams.outcomes import KINDS, apply, ops_of
-from touchstream.streams.spill import SpillStore
+from touchstream.streams.spill import SpillError, SpillStore
 from touchstream.streams.state import BatchState, Changes, PrefixedStore, Schedule, entries
 
 MIN = 60.0
@@ -239,3 +239,10 @@ def test_a_checkpoint_cut_short_rolls_forward_into_the_file(tmp_path: Path) -> N
     part.checkpoint()  # every entity to the file, those rolled forward included
     assert isinstance(part.store, SpillStore) and part.store.in_memory() == 0
     assert dict(entries(part.book.store)) == dict(entries(memory.book.store))
+
+
+def test_a_data_dir_that_cannot_hold_the_file_says_what_to_do(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    with pytest.raises(SpillError, match="OUTCOME_CACHE_ENTRIES=0"):
+        SpillStore(blocked / "state", "outcomes-0", 10)
