@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -181,38 +181,19 @@ def test_every_change_to_a_stored_entity_is_a_write_back() -> None:
     that changed one in place would change the state without the checkpoint
     knowing. A day of simulated traffic through one partition, every step checked
     against a deep copy of the state before it."""
-    config = SimulationConfig(customers=100, duration_s=86_400, seed=5)
-    events = [parse_object(w) for w in Simulator(config).events()]
     part = OutcomePartition(0, abandonment_timeout_s=30 * MIN, churn_horizon_s=6 * 3600)
     table = part.store
     steps = 0
-
-    def step(action: Callable[..., object], *args: Any) -> None:
-        nonlocal steps
+    for step, args in day_of_steps(5, customers=100, every=50):
+        if step == "checkpoint":
+            continue
         before = {key: orjson.dumps(value) for key, value in table.items()}
-        action(*args)
+        run(part, step, args)
         written = set(table.taken())
         after = {key: orjson.dumps(value) for key, value in table.items()}
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         assert changed <= written, f"changed in place: {sorted(changed - written)[:3]}"
         steps += 1
-
-    for index, event in enumerate(events):
-        assert not isinstance(event, Invalid)
-        for op in ops_of(event):
-            step(apply, part.trackers[op.kind], op)
-        if (touched := touch_of(event)) is not None:
-            step(part.book.add, touched[0], [touched[1]])
-        if (linked := link_of(event)) is not None:
-            step(part.anonymous.link, *linked)
-        if (held := anonymous_touch_of(event)) is not None:
-            step(part.anonymous.add, held[0], [held[1]])
-        if index % 50 == 0:
-            settled = event.occurred_at.timestamp() - 600
-            for kind in KINDS:
-                step(part.trackers[kind].decide, settled)
-            step(part.book.decide, settled)
-            step(part.anonymous.expire, settled)
     assert steps > 1000 and len(table) > 0
 
 
@@ -273,3 +254,38 @@ def test_combined_watermark_waits_for_the_slowest_source_idle_or_not() -> None:
     assert combined_watermark([done, quiet]) == 30.0
     assert combined_watermark([done, empty_idle]) == 500.0
     assert combined_watermark([empty_idle]) is None
+
+
+def day_of_steps(seed: int, customers: int, every: int) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """A day of simulated traffic through one partition as the outcome stage
+    applies it (see :func:`run`), with a decision pass (the watermark 10 min
+    behind the event) and a checkpoint every ``every`` events."""
+    config = SimulationConfig(customers=customers, duration_s=86_400, seed=seed)
+    for index, wire_event in enumerate(Simulator(config).events()):
+        event = parse_object(wire_event)
+        assert not isinstance(event, Invalid)
+        for op in ops_of(event):
+            yield "op", (op,)
+        if (touched := touch_of(event)) is not None:
+            yield "touch", touched
+        if (linked := link_of(event)) is not None:
+            yield "link", linked
+        if (held := anonymous_touch_of(event)) is not None:
+            yield "anonymous", held
+        if index % every == 0:
+            yield "decide", (event.occurred_at.timestamp() - 600,)
+            yield "checkpoint", ()
+
+
+def run(part: OutcomePartition, step: str, args: tuple[Any, ...]) -> Any:
+    if step == "op":
+        return apply(part.trackers[args[0].kind], args[0])
+    if step == "touch":
+        return part.book.add(args[0], [args[1]])
+    if step == "link":
+        return part.anonymous.link(*args)
+    if step == "anonymous":
+        return part.anonymous.add(args[0], [args[1]])
+    settled = args[0]
+    decisions = [d for kind in KINDS for d in part.trackers[kind].decide(settled)]
+    return decisions, part.book.decide(settled), part.anonymous.expire(settled)

@@ -4,21 +4,16 @@ checkpoints and a restore, and keeps no more than it should in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.streams.test_outcomes import day_of_steps, run
 from tests.unit.streams.test_state import compacted
-from touchstream.producers.simulator import SimulationConfig, Simulator
-from touchstream.schemas import Invalid, parse_object
-from touchstream.streams.customers import anonymous_touch_of, link_of, touch_of
 from touchstream.streams.outcome_stage import OutcomePartition
-from touchstream.streams.outcomes import KINDS, apply, ops_of
 from touchstream.streams.spill import SpillError, SpillStore
 from touchstream.streams.state import BatchState, Changes, PrefixedStore, Schedule, entries
 
@@ -37,40 +32,6 @@ def partitions(directory: Path, cache: int) -> tuple[OutcomePartition, OutcomePa
     return memory, OutcomePartition(0, 30 * MIN, 6 * 3600, spilled(directory, {}, cache))
 
 
-def day_of_steps(seed: int) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """A day of simulated traffic through one partition, as the outcome stage
-    applies it, with a decision pass and a checkpoint every 40 events."""
-    config = SimulationConfig(customers=150, duration_s=86_400, seed=seed)
-    for index, wire_event in enumerate(Simulator(config).events()):
-        event = parse_object(wire_event)
-        assert not isinstance(event, Invalid)
-        for op in ops_of(event):
-            yield "op", (op,)
-        if (touched := touch_of(event)) is not None:
-            yield "touch", touched
-        if (linked := link_of(event)) is not None:
-            yield "link", linked
-        if (held := anonymous_touch_of(event)) is not None:
-            yield "anonymous", held
-        if index % 40 == 0:
-            yield "decide", (event.occurred_at.timestamp() - 600,)
-            yield "checkpoint", ()
-
-
-def run(part: OutcomePartition, step: str, args: tuple[Any, ...]) -> Any:
-    if step == "op":
-        return apply(part.trackers[args[0].kind], args[0])
-    if step == "touch":
-        return part.book.add(args[0], [args[1]])
-    if step == "link":
-        return part.anonymous.link(*args)
-    if step == "anonymous":
-        return part.anonymous.add(args[0], [args[1]])
-    settled = args[0]
-    decisions = [d for kind in KINDS for d in part.trackers[kind].decide(settled)]
-    return decisions, part.book.decide(settled), part.anonymous.expire(settled)
-
-
 @pytest.mark.parametrize(("seed", "cache"), [(5, 3), (11, 0), (17, 40)])
 def test_a_spilling_partition_decides_and_checkpoints_as_one_in_memory(
     tmp_path: Path, seed: int, cache: int
@@ -78,7 +39,7 @@ def test_a_spilling_partition_decides_and_checkpoints_as_one_in_memory(
     memory, spilling = partitions(tmp_path, cache)
     log: list[tuple[str, bytes | None]] = []
     checkpoints = said = 0  # said: steps that returned something (decisions, forwards)
-    for offset, (step, args) in enumerate(day_of_steps(seed)):
+    for offset, (step, args) in enumerate(day_of_steps(seed, customers=150, every=40)):
         if step == "checkpoint":
             memory.next_offset = spilling.next_offset = offset
             records = memory.checkpoint()
