@@ -45,9 +45,7 @@ class PrefixedStore(MutableMapping[str, Entity]):
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._store.get(self._prefix + key)
-        if value is None:
-            return default
-        return orjson.loads(value) if type(value) is bytes else value
+        return default if value is None else _decoded(value)
 
     def __setitem__(self, key: str, value: Entity) -> None:
         self._store[self._prefix + key] = value
@@ -69,7 +67,7 @@ class PrefixedStore(MutableMapping[str, Entity]):
         """Every entity and its key, decoded, not brought into memory if spilled."""
         cut = len(self._prefix)
         for key, value in self._scan():
-            yield key[cut:], orjson.loads(value) if type(value) is bytes else value
+            yield key[cut:], _decoded(value)
 
     def _scan(self) -> Iterable[tuple[str, Any]]:
         store, prefix = self._store, self._prefix
@@ -82,6 +80,11 @@ class PrefixedStore(MutableMapping[str, Entity]):
         if isinstance(self._store, SpillStore):
             return self._store.schedule_under(self._prefix)
         return Schedule()
+
+
+def _decoded(value: Any) -> Entity:
+    """An entity as stored: its checkpointed bytes (kept encoded) or a dict."""
+    return orjson.loads(value) if type(value) is bytes else value
 
 
 def entries(store: Mapping[str, Entity]) -> Iterator[tuple[str, Entity]]:

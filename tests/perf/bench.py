@@ -1073,7 +1073,8 @@ def worker_lags(settings: Settings) -> dict[str, int] | None:
     prefix = settings.kafka.topic_prefix
     out: dict[str, int] = {}
     for topic, value in lags.items():
-        out[topic.removeprefix(prefix)] = out.get(topic.removeprefix(prefix), 0) + value
+        short = topic.removeprefix(prefix)
+        out[short] = out.get(short, 0) + value
     return out
 
 
